@@ -1,0 +1,37 @@
+"""Compiled hot paths, each with a pure-Python reference of the same behaviour.
+
+`load(name)` returns the compiled module `fastgate._core.<name>` unless it is missing or
+FASTGATE_NO_EXTENSIONS is set, in which case it returns `fastgate._core.<name>_py`.
+`IMPLEMENTATIONS` records what was chosen, so `fastgate status` and the tests can tell.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+NO_EXTENSIONS = bool(os.environ.get("FASTGATE_NO_EXTENSIONS"))
+IMPLEMENTATIONS: dict[str, str] = {}
+
+
+def load(name: str) -> ModuleType:
+    if not NO_EXTENSIONS:
+        try:
+            module = importlib.import_module(f"fastgate._core.{name}")
+        except ImportError:
+            pass
+        else:
+            IMPLEMENTATIONS[name] = "compiled"
+            return module
+    IMPLEMENTATIONS[name] = "python"
+    return importlib.import_module(f"fastgate._core.{name}_py")
+
+
+def reference(name: str) -> ModuleType:
+    """The pure-Python twin, for parity tests."""
+    return importlib.import_module(f"fastgate._core.{name}_py")
+
+
+def compiled(name: str) -> ModuleType:
+    """The compiled module; ImportError when it was not built."""
+    return importlib.import_module(f"fastgate._core.{name}")

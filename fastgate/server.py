@@ -1,0 +1,230 @@
+"""Processes and signals: one worker, or a parent supervising N workers on one port.
+
+Each worker owns its own listening socket (SO_REUSEPORT: the kernel spreads connections),
+its own event loop (uvloop) and its own upstream pools. The parent holds the port, forwards
+signals and restarts a worker that dies. SIGTERM drains: stop accepting, finish the calls in
+flight (up to `limits.drain_timeout`), exit. SIGHUP reloads: a config that fails validation is
+refused and the running one stays.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+
+from fastgate.config import Config, ConfigError, load_config, parse_hostport
+from fastgate.listener import ClientConnection, ServerState
+from fastgate.log import Log
+from fastgate.pipeline import PoolRegistry, Tables
+
+
+def _print_config_error(path: str, exc: ConfigError) -> None:
+    print(f"{path}: invalid configuration", file=sys.stderr)
+    for line in exc.errors:
+        print(f"  {line}", file=sys.stderr)
+
+
+def run(config_path: str, workers: int | None = None, listen: str | None = None) -> int:
+    try:
+        config = load_config(config_path)
+        if listen:
+            parse_hostport(listen)
+    except ConfigError as exc:
+        _print_config_error(config_path, exc)
+        return 2
+    except ValueError as exc:
+        print(f"--listen: {exc}", file=sys.stderr)
+        return 2
+    host, port = parse_hostport(listen or config.listen)
+    n = workers if workers is not None else config.workers
+    if n < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    if n == 1:
+        return Worker(config_path, config, host, port, listen, index=None, reuse_port=False).run()
+    return Supervisor(config_path, config, host, port, listen, n).run()
+
+
+def make_listen_socket(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls.cert, config.tls.key)
+    return ctx
+
+
+class Worker:
+    def __init__(self, config_path: str, config: Config, host: str, port: int, listen_override: str | None,
+                 index: int | None, reuse_port: bool) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.host = host
+        self.port = port
+        self.listen_override = listen_override
+        self.index = index
+        self.reuse_port = reuse_port
+        self.log = Log(config.log.level, config.secret_values, worker=index)
+
+    def run(self) -> int:
+        import uvloop
+
+        try:
+            return uvloop.run(self.serve())
+        except KeyboardInterrupt:
+            return 0
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        pools = PoolRegistry(loop)
+        tls = _tls_context(config)
+        state = ServerState(loop, Tables(config, pools, tls=tls is not None), self.log)
+        self.state, self.pools = state, pools
+        try:
+            sock = make_listen_socket(self.host, self.port, self.reuse_port)
+        except OSError as exc:
+            self.log.error("cannot listen", address=f"{self.host}:{self.port}", error=str(exc))
+            return 1
+        server = await loop.create_server(lambda: ClientConnection(state), sock=sock, ssl=tls, backlog=1024)
+        host, port = sock.getsockname()[:2]
+        from fastgate._core import IMPLEMENTATIONS
+        self.log.info("listening", address=f"{host}:{port}", tls=tls is not None, pid=os.getpid(),
+                      cores=dict(IMPLEMENTATIONS))
+        stop = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await stop
+        self.log.info("draining", connections=len(state.connections))
+        server.close()
+        state.drain()
+        deadline = loop.time() + config.limits.drain_timeout
+        while state.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(state.connections):
+            conn.abort()
+        for pool in pools.pools.values():
+            pool.close()
+        self.log.info("stopped")
+        return 0
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.config_path)
+            tables = Tables(config, self.pools, tls=self.config.tls is not None)
+        except ConfigError as exc:
+            self.log.error("reload refused: keeping the running config", errors=exc.errors)
+            return
+        except Exception as exc:  # a config that validates but cannot be compiled
+            self.log.error("reload refused: keeping the running config", errors=[str(exc)])
+            return
+        if (config.listen != self.config.listen and not self.listen_override) or config.tls != self.config.tls:
+            self.log.warning("listen and tls changes take effect on restart")
+        self.config = config
+        self.log.set_secrets(config.secret_values)
+        self.log.level = Log(config.log.level).level
+        self.state.tables = tables
+        self.log.info("reloaded", functions=len(config.functions))
+
+
+class Supervisor:
+    """The parent of N workers: holds the port, relays signals, restarts the dead."""
+
+    def __init__(self, config_path: str, config: Config, host: str, port: int, listen: str | None,
+                 workers: int) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.listen = listen
+        self.n = workers
+        self.log = Log(config.log.level, config.secret_values)
+        # Bound but not listening: reserves the port (and resolves port 0) without taking connections.
+        self.placeholder = make_listen_socket(host, port, reuse_port=True, listen=False)
+        self.host, self.port = host, self.placeholder.getsockname()[1]
+        self.children: dict[int, int] = {}  # pid -> index
+        self.stopping = False
+        self.pending: list[int] = []
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                self.placeholder.close()
+                code = Worker(self.config_path, self.config, self.host, self.port, self.listen,
+                              index=index, reuse_port=True).run()
+            finally:
+                os._exit(code)
+        self.children[pid] = index
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.pending.append(signal.SIGTERM))
+        signal.signal(signal.SIGINT, lambda *_: self.pending.append(signal.SIGTERM))
+        signal.signal(signal.SIGHUP, lambda *_: self.pending.append(signal.SIGHUP))
+        for i in range(self.n):
+            self._spawn(i)
+        self.log.info("supervising", workers=self.n, address=f"{self.host}:{self.port}", pid=os.getpid())
+        deadline = None
+        while self.children:
+            while self.pending:
+                sig = self.pending.pop(0)
+                if sig == signal.SIGTERM and not self.stopping:
+                    self.stopping = True
+                    deadline = time.monotonic() + self.config.limits.drain_timeout + 5
+                    self._signal_all(signal.SIGTERM)
+                elif sig == signal.SIGHUP and not self.stopping:
+                    self._reload()
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                index = self.children.pop(pid)
+                if not self.stopping:
+                    self.log.error("worker exited; restarting", worker=index,
+                                   status=os.waitstatus_to_exitcode(status))
+                    time.sleep(0.2)
+                    self._spawn(index)
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                self._signal_all(signal.SIGKILL)
+                deadline = None
+            time.sleep(0.05)
+        self.placeholder.close()
+        return 0
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _reload(self) -> None:
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.log.error("reload refused: keeping the running config", errors=exc.errors)
+            return
+        self.config = config  # workers restarted later start from the new config
+        self.log.set_secrets(config.secret_values)
+        self._signal_all(signal.SIGHUP)
