@@ -229,23 +229,44 @@ def bench_target(name: str, args: argparse.Namespace, load: Load, workdir: str,
         for conns in (args.connections, 1):
             runs = []
             for i in range(args.repeat):
+                before = wait_quiet(args.quiet_wait, name) if args.quiet_wait else None
                 log(f"[{name}] measuring {conns} connection(s) for {args.duration:g}s"
                     + (f" ({i + 1}/{args.repeat})" if args.repeat > 1 else ""))
-                runs.append(measure(load, server.port, server.pid, upstream.pid, conns, args.duration))
-            out[f"c{conns}"] = median_run(runs)
+                run = measure(load, server.port, server.pid, upstream.pid, conns, args.duration)
+                run["background_busy_pct_before"] = before
+                runs.append(run)
+            out[f"c{conns}"] = quietest_run(runs)
         return out
     finally:
         if server is not upstream:
             server.stop()
 
 
-def median_run(runs: list[dict]) -> dict:
-    """The run with the median req/s, so one disturbed window on a noisy machine does not decide."""
-    chosen = dict(sorted(runs, key=lambda r: r["rps"])[len(runs) // 2])
+def quietest_run(runs: list[dict]) -> dict:
+    """The window least disturbed by anything else (lowest `other`); all windows stay in the JSON."""
+    chosen = dict(min(runs, key=lambda r: r["other_busy_pct"]))
     if len(runs) > 1:
         chosen["repeats"] = [{"rps": round(r["rps"]), "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-                              "cpu_us_per_req": round(r["cpu_us_per_req"], 2)} for r in runs]
+                              "cpu_us_per_req": round(r["cpu_us_per_req"], 2),
+                              "other_busy_pct": round(r["other_busy_pct"], 1)} for r in runs]
     return chosen
+
+
+def wait_quiet(limit_s: float, name: str, threshold_pct: float = 10.0) -> float:
+    """Wait, at most limit_s, until the machine is idle apart from us; returns the last reading.
+
+    On a shared machine a neighbour's test run can take most of a core for minutes; a
+    window measured then says more about the neighbour than about the server.
+    """
+    deadline = time.monotonic() + limit_s
+    busy = background_busy_pct(0.5)
+    if busy >= threshold_pct:
+        log(f"[{name}] waiting up to {limit_s:g}s for a quiet machine ({busy:.0f}% of a core busy)")
+    while busy >= threshold_pct and time.monotonic() < deadline:
+        busy = background_busy_pct(0.5)
+    if busy >= threshold_pct:
+        log(f"[{name}] still {busy:.0f}% busy: measuring anyway")
+    return round(busy, 1)
 
 
 # ---------------------------------------------------------------- report
@@ -318,6 +339,24 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def report(results: dict, derived: dict, args: argparse.Namespace, load_name: str) -> None:
+    """The human-readable summary on stdout."""
+    print()
+    print(f"{args.method} {args.path}  {args.duration:g}s windows  load generator: {load_name}")
+    print(f"server under test on core {SERVER_CORE}; load generator + bench upstream on core {LOAD_CORE}")
+    print(table(results))
+    print("srv busy: server processes' CPU / wall; core0/core1: whole cores from /proc/stat; other: CPU\n"
+          "charged to none of the measured processes (softirq, neighbours). High other = noisy run.")
+    print()
+    for t, us in derived["added_latency_p50_us_at_1_connection"].items():
+        print(f"added latency at 1 connection, p50 {t} - p50 direct: {us:+.1f} us")
+    if derived["added_latency_p50_us_at_1_connection"]:
+        print("  (direct never leaves core 1; a proxy adds two cross-core hops each way, so nginx's\n"
+              "   figure is the floor any proxy pays on this layout)")
+    for label, value in derived["ratios"].items():
+        print(f"{label} ({args.connections} connections): {value:.3f}")
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -330,7 +369,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--quick", action="store_true", help="3 s windows, for a smoke run")
     p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--repeat", type=int, default=1, help="windows per measurement; the median req/s is kept")
+    p.add_argument("--repeat", type=int, default=1, help="windows per measurement; the quietest is kept")
+    p.add_argument("--quiet-wait", type=float, default=0, metavar="S",
+                   help="before each window wait up to S seconds for other processes to go idle")
     p.add_argument("--targets", default=",".join(TARGETS),
                    help="comma list of " + "; ".join(f"{k}: {v}" for k, v in TARGET_HELP.items()))
     p.add_argument("--method", default="GET")
@@ -394,20 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"[{target}] FAILED: {exc}")
                 results[target] = {"error": str(exc)}
         derived = derive(results, args.connections)
-        print()
-        print(f"{args.method} {args.path}  {args.duration:g}s windows  load generator: {load.name}")
-        print(f"server under test on core {SERVER_CORE}; load generator + bench upstream on core {LOAD_CORE}")
-        print(table(results))
-        print("srv busy: server processes' CPU / wall; core0/core1: whole cores from /proc/stat; other: CPU\n"
-              "charged to none of the measured processes (softirq, neighbours). High other = noisy run.")
-        print()
-        for t, us in derived["added_latency_p50_us_at_1_connection"].items():
-            print(f"added latency at 1 connection, p50 {t} - p50 direct: {us:+.1f} us")
-        if derived["added_latency_p50_us_at_1_connection"]:
-            print("  (direct never leaves core 1; a proxy adds two cross-core hops each way, so nginx's\n"
-                  "   figure is the floor any proxy pays on this layout)")
-        for label, value in derived["ratios"].items():
-            print(f"{label} ({args.connections} connections): {value:.3f}")
+        report(results, derived, args, load.name)
         if args.json:
             doc = {"machine": machine, "settings": {k: v for k, v in vars(args).items() if k != "json"},
                    "results": results, "derived": derived}

@@ -21,7 +21,7 @@ BODY = json.dumps(
         "object": "bench.result",
         "status": "ok",
         "items": [{"n": i, "name": f"item-{i}", "price": 10 + i, "tags": ["a", "b"]} for i in range(4)],
-        "note": "fixed response of the fastgate benchmark upstream",
+        "note": "fixed bench body",
     },
     separators=(",", ":"),
 ).encode()

@@ -86,19 +86,63 @@ class RequestReader:
     request was read; call `next_cycle()` once its answer is sent). Errors are `HTTPError`.
     """
 
-    __slots__ = ("_conn", "_limits", "_body_seen", "_head")
+    __slots__ = ("_conn", "_limits", "_body_seen", "_head", "_raw_head", "_head_done", "_raw_fault",
+                 "_raw_body")
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._conn = self._new_conn()
+        self._reset()
+
+    def _reset(self) -> None:
         self._body_seen = 0
         self._head: RequestHead | None = None
+        self._raw_head = b""
+        self._head_done = False
+        self._raw_fault: str | None = None
+        self._raw_body = 0
 
     def _new_conn(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
 
     def feed(self, data: bytes) -> None:
+        if not self._head_done:
+            self._scan_head(data)
+        else:
+            self._raw_body += len(data)
         self._conn.receive_data(data)
+
+    def _scan_head(self, data: bytes) -> None:
+        """Look at the raw head before h11 normalizes it away.
+
+        h11 unfolds obs-fold lines and merges repeated equal Content-Length fields; a gate
+        refuses both (RFC 9112 §5.2, §6.3), so they are detected on the bytes themselves.
+        """
+        buf = self._raw_head + data if self._raw_head else data
+        end = buf.find(b"\n\r\n")
+        alt = buf.find(b"\n\n")
+        if end == -1 or (alt != -1 and alt < end):
+            end = alt
+        if end == -1:
+            if len(buf) <= self._limits.max_header_bytes + 4:
+                self._raw_head = buf
+            return
+        head = buf[:end + 1]
+        self._head_done = True
+        self._raw_head = b""
+        self._raw_body = len(buf) - len(head)
+        if b"\n " in head or b"\n\t" in head:
+            self._raw_fault = "obsolete line folding in the request head"
+            return
+        lower = head.lower()
+        at = lower.find(b"\ncontent-length:")
+        if at != -1:
+            if lower.find(b"\ncontent-length:", at + 1) != -1:
+                self._raw_fault = "repeated Content-Length"
+            else:
+                eol = head.find(b"\n", at + 1)
+                if not _DIGITS.match(head[at + 16:eol].strip()):
+                    self._raw_fault = "bad Content-Length"
 
     def feed_eof(self) -> None:
         try:
@@ -120,15 +164,16 @@ class RequestReader:
         """Start reading the next pipelined request from what is already buffered."""
         data, closed = self._conn.trailing_data
         self._conn = self._new_conn()
-        self._body_seen = 0
-        self._head = None
+        self._reset()
         if data:
-            self._conn.receive_data(bytes(data))
+            self.feed(bytes(data))
         if closed:
             self._conn.receive_data(b"")
 
     def next_event(self):
         conn = self._conn
+        if self._raw_fault is not None:
+            raise bad_request(self._raw_fault)
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -136,7 +181,9 @@ class RequestReader:
         kind = type(event)
         if kind is h11.Data:
             self._body_seen += len(event.data)
-            if self._body_seen > self._limits.max_body_bytes:
+            limit = self._limits.max_body_bytes
+            # Chunk framing may not dwarf the data it carries (CVE-2024-22019 class).
+            if self._body_seen > limit or self._raw_body > 2 * limit + 65536:
                 raise HTTPError(413, "payload_too_large", "request body exceeds limits.max_body_bytes")
             return bytes(event.data)
         if kind is h11.EndOfMessage:
@@ -206,6 +253,8 @@ class RequestReader:
                 raise bad_request("method override headers are refused")
         if size > limits.max_header_bytes:
             raise HTTPError(431, "headers_too_large", "request head exceeds limits.max_header_bytes")
+        if content_length is not None and content_length > limits.max_body_bytes:
+            raise HTTPError(413, "payload_too_large", "Content-Length exceeds limits.max_body_bytes")
         chunked = False
         if n_te:
             # RFC 9112 §6.1: TE with CL is a desync vector; TE on HTTP/1.0 is not framing we trust.

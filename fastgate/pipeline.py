@@ -125,7 +125,7 @@ class Call:
     __slots__ = ("client", "tables", "head", "request_id", "started", "function", "decision",
                  "path", "upstream", "route", "pending", "pending_bytes", "body_done", "response_started",
                  "rechunk", "status", "bytes_out", "error", "finished", "upstream_started", "upstream_ms",
-                 "out", "close_after", "attempts", "task", "_raw_body", "_query")
+                 "out", "close_after", "attempts", "task", "_raw_body", "_query", "head_sent")
 
     def __init__(self, client: "ClientConnection", tables: Tables, head: RequestHead, request_id: str) -> None:
         self.client = client
@@ -155,6 +155,7 @@ class Call:
         self.task: asyncio.Task | None = None
         self._raw_body = head.content_length is not None
         self._query = ""
+        self.head_sent = False
 
     # -- stages ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -310,9 +311,11 @@ class Call:
             self.flush()
 
     def flush(self) -> None:
+        """Write what one upstream read produced in one go; the head counts as sent from here."""
         if self.out:
             self.client.write(b"".join(self.out))
             self.out.clear()
+            self.head_sent = True
 
     def on_response_end(self) -> None:
         if self.rechunk:
@@ -348,6 +351,9 @@ class Call:
 
     def upstream_failed(self, error: UpstreamError) -> None:
         self.error = error.reason
+        if self.response_started and not self.head_sent:
+            self.response_started = False  # the head never left: a clean 502/504 is still possible
+            self.rechunk = False
         if self.response_started:
             # The head is gone; the only honest signal left is a broken connection.
             self.out.clear()
@@ -385,6 +391,7 @@ class Call:
         if self.head.method != b"HEAD":
             head.append(payload)
         self.response_started = True
+        self.head_sent = True
         self.client.write(b"".join(head))
         conn = self.upstream
         if conn is not None:

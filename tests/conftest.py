@@ -5,7 +5,8 @@ Fixtures
 - `upstream` (function): the same recorder, cleared before the test.
 - `gateway` (module): a gateway running `base_config(upstream_server.port)`.
 - `gateway_factory` (function): `gateway_factory(config, env=None) -> Gateway`; stopped at teardown.
-- `raw_conn` (function): `raw_conn(port=None, timeout=5.0) -> RawConn` to `gateway` (or PORT); closed at teardown.
+- `raw_conn` (function): `raw_conn(port=None, timeout=5.0) -> RawConn` to `gateway` (or PORT);
+  closed at teardown.
 
 Helpers (`from support import ...`): base_config, req, chunked, assert_error, assert_closes,
 assert_request_id, assert_nothing_forwarded, RawConn; `support.rawhttp` has split_variants/run_variants.

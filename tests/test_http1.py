@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastgate.http1 import END, NEED_DATA, PAUSED, HTTPError, Limits, RequestHead, RequestReader
+from fastgate.http1 import CLOSED, END, NEED_DATA, PAUSED, HTTPError, Limits, RequestHead, RequestReader
 
 
 def events(raw: bytes, *, split: int | None = None, limits: Limits | None = None) -> list:
@@ -19,7 +19,7 @@ def events(raw: bytes, *, split: int | None = None, limits: Limits | None = None
         reader.feed(piece)
         while True:
             ev = reader.next_event()
-            if ev is NEED_DATA or ev is PAUSED:
+            if ev is NEED_DATA or ev is PAUSED or ev is CLOSED:
                 break
             out.append(ev)
     return out

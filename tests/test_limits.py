@@ -10,15 +10,24 @@ import time
 
 import httpx
 import pytest
-
-from support import (RawConn, assert_closes, assert_error, assert_no_complete_request, assert_nothing_forwarded,
-                     assert_request_id, base_config, check_accepted, check_refused, chunked, req)
+from support import (
+    RawConn,
+    assert_closes,
+    assert_error,
+    assert_no_complete_request,
+    assert_nothing_forwarded,
+    assert_request_id,
+    base_config,
+    check_accepted,
+    check_refused,
+    req,
+)
 
 KIB = 1024
 SMUGGLED = b"GET /items/SMUGGLED HTTP/1.1\r\nHost: gw.test\r\n\r\n"
 
 
-# ---- request line and head size --------------------------------------------------------------------------
+# ---- request line and head size ------------------------------------------------------------------
 def test_request_line_within_limit_forwarded(gateway, upstream):
     target = b"/items/A1?q=" + b"a" * (3 * KIB)
     recs = check_accepted(gateway.port, upstream, req(target=target), variants="whole")
@@ -80,7 +89,7 @@ def test_header_count_within_limit_forwarded(gateway, upstream):
     assert recs[0].header("x-39") == b"1"
 
 
-# ---- body size ----------------------------------------------------------------------------------------------
+# ---- body size -----------------------------------------------------------------------------------
 def test_body_at_limit_forwarded(gateway, upstream):
     body = b"b" * (64 * KIB)
     recs = check_accepted(gateway.port, upstream, req(b"POST", b"/echo/x", body=body), variants="whole")
@@ -140,7 +149,7 @@ def test_chunk_extensions_count_against_limits(gateway, upstream):
     assert_no_complete_request(upstream)
 
 
-# ---- Expect: 100-continue (RFC 9110 §10.1.1): decide before 100 ----------------------------------------
+# ---- Expect: 100-continue (RFC 9110 §10.1.1): decide before 100 ----------------------------------
 def test_expect_continue_allowed(gateway, upstream):
     with RawConn(gateway.port) as conn:
         conn.send(req(b"POST", b"/echo/x", [(b"Expect", b"100-continue"), (b"Content-Length", b"5")]))
@@ -172,7 +181,7 @@ def test_expect_continue_refused_without_100(gateway, upstream, data, status):
     assert_nothing_forwarded(upstream)
 
 
-# ---- slow clients --------------------------------------------------------------------------------------------
+# ---- slow clients --------------------------------------------------------------------------------
 class Trickle:
     """Sends `data` one piece every `delay` seconds in a thread until done, closed or stopped."""
 

@@ -6,9 +6,15 @@ Each case is delivered whole, byte by byte and split around every '%', '/', '.',
 from __future__ import annotations
 
 import pytest
-
-from support import (RawConn, assert_error, assert_nothing_forwarded, assert_request_id, check_accepted,
-                     check_refused, req)
+from support import (
+    RawConn,
+    assert_error,
+    assert_nothing_forwarded,
+    assert_request_id,
+    check_accepted,
+    check_refused,
+    req,
+)
 
 PATH_CHARS = b"%/.;?#\\\r\n"
 
@@ -30,7 +36,8 @@ NORMALIZED = [
     pytest.param(b"/items/A%2d1", "/items/A-1", id="encoded-hyphen-RFC3986-2.3"),
     # RFC 3986 §3.4: the query is not part of the path and is forwarded verbatim
     pytest.param(b"/items/A1?a=1&b=%20x", "/items/A1?a=1&b=%20x", id="query-verbatim-RFC3986-3.4"),
-    pytest.param(b"/items/A1?x=../../secret&y=%2F", "/items/A1?x=../../secret&y=%2F", id="query-not-normalized"),
+    pytest.param(b"/items/A1?x=../../secret&y=%2F", "/items/A1?x=../../secret&y=%2F",
+                 id="query-not-normalized"),
     pytest.param(b"/items/./A1?a=/./", "/items/A1?a=/./", id="dot-segment-with-query"),
 ]
 
@@ -140,7 +147,8 @@ def test_odd_segments_forwarded_exactly_or_refused(gateway, upstream, target, al
 @pytest.mark.parametrize("target", [
     pytest.param(b"/items/A1%0d%0aX-Injected:%201", id="encoded-crlf-CVE-2023-25690"),
     pytest.param(b"/items/A1%0aX-Injected:%201", id="encoded-lf-CVE-2023-25690"),
-    pytest.param(b"/items/A1%0d%0a%0d%0aGET%20/items/SMUGGLED%20HTTP/1.1", id="encoded-crlf-request-CVE-2023-25690"),
+    pytest.param(b"/items/A1%0d%0a%0d%0aGET%20/items/SMUGGLED%20HTTP/1.1",
+                 id="encoded-crlf-request-CVE-2023-25690"),
 ])
 def test_encoded_crlf_never_decoded_into_the_upstream_request(gateway, upstream, target):
     """CVE-2023-25690 (mod_proxy + RewriteRule): a decoded CR/LF split the forwarded request. Refusing is

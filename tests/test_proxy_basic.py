@@ -9,9 +9,18 @@ import time
 
 import httpx
 import pytest
-
-from support import (INJECTED_SECRET, UP_TOKEN, RawConn, assert_closes, assert_error, assert_request_id,
-                     assert_upstream_clean, base_config, chunked, req)
+from support import (
+    INJECTED_SECRET,
+    UP_TOKEN,
+    RawConn,
+    assert_closes,
+    assert_error,
+    assert_request_id,
+    assert_upstream_clean,
+    base_config,
+    chunked,
+    req,
+)
 from support.upstream import CHUNKED_BODY, HOP_RESPONSE_HEADERS, STREAM_PAUSE_S, big_body
 
 CLIENT_AUTH = "Bearer client-secret-canary-7f3a"
@@ -37,7 +46,8 @@ def test_get_forwarded(gateway, upstream):
 
 def test_post_body_forwarded(gateway, upstream):
     body = json.dumps({"name": "widget", "qty": 3}).encode()
-    resp = one_call(gateway.port, req(b"POST", b"/items", [(b"Content-Type", b"application/json")], body=body))
+    ctype = [(b"Content-Type", b"application/json")]
+    resp = one_call(gateway.port, req(b"POST", b"/items", ctype, body=body))
     assert resp.status == 200, resp
     (rec,) = upstream.requests
     assert (rec.method, rec.target, rec.body) == ("POST", "/items", body)
@@ -91,7 +101,8 @@ def test_credentials_and_spoofed_headers_toward_upstream(gateway, upstream):
     (rec,) = upstream.requests
     assert rec.header_all("authorization") == [f"Bearer {UP_TOKEN}".encode()]
     assert rec.header_all("x-api-secret") == [INJECTED_SECRET.encode()]
-    for name in ("cookie", "proxy-authorization", "x-real-ip", "x-original-url", "x-rewrite-url", "forwarded"):
+    for name in ("cookie", "proxy-authorization", "x-real-ip", "x-original-url", "x-rewrite-url",
+                 "forwarded"):
         assert rec.header(name) is None, f"{name} forwarded: {rec.header(name)!r}"
     assert rec.header_all("x-forwarded-for") == [b"127.0.0.1"]
     assert rec.header_all("x-forwarded-proto") == [b"http"]
@@ -121,7 +132,8 @@ def test_connection_cannot_strip_gateway_headers(gateway, upstream):
     """Naming the gateway's own headers in Connection must not remove them (Davison, "Abusing HTTP
     hop-by-hop request headers", 2019; CVE-2022-31813 Apache mod_proxy)."""
     resp = one_call(gateway.port, req(target=b"/items/A1", headers=[
-        (b"Connection", b"close, Authorization, X-Api-Secret, X-Forwarded-For, X-Forwarded-Proto, X-Request-Id, Host"),
+        (b"Connection", b"close, Authorization, X-Api-Secret, X-Forwarded-For, X-Forwarded-Proto, "
+                        b"X-Request-Id, Host"),
     ]))
     assert resp.status == 200, resp
     (rec,) = upstream.requests

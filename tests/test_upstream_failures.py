@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from support import RawConn, assert_error, assert_request_id, assert_upstream_clean, base_config, req
 from support.upstream import SLOW_HEAD_S
 

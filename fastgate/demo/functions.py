@@ -62,7 +62,10 @@ def route(method: str, target: str, headers: list[tuple[bytes, bytes]], body: by
         wanted = dict(parse_qsl(query))
         return 200, [o for o in ORDERS if all(str(o.get(k)) == v for k, v in wanted.items())]
     if method == "POST" and parts == ["echo"]:
-        return 200, {"headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers],
+        # The credential the gateway injected was already checked; echoing it would hand it to the caller.
+        return 200, {"headers": [[k.decode("latin-1"),
+                                  "(verified by the demo server)" if k == b"authorization" else v.decode("latin-1")]
+                                 for k, v in headers],
                      "body": body.decode("utf-8", "replace")}
     if parts[0] in ("refunds", "customers", "orders", "echo"):
         return 405, {"error": "method_not_allowed"}

@@ -57,7 +57,8 @@ def assert_request_id(resp: Response) -> str:
     return ids[0]
 
 
-def assert_error(resp: Response, status: int | tuple[int, ...], error: str | tuple[str, ...] | None = None) -> dict:
+def assert_error(resp: Response, status: int | tuple[int, ...],
+                 error: str | tuple[str, ...] | None = None) -> dict:
     """Status, X-Request-Id and a JSON error body {"error": ...}; returns the decoded body."""
     statuses = status if isinstance(status, tuple) else (status,)
     assert resp.status in statuses, f"expected {statuses}, got {resp!r}"
@@ -95,7 +96,8 @@ def assert_upstream_clean(upstream: RecordingUpstream) -> None:
 
 def assert_no_complete_request(upstream: RecordingUpstream) -> None:
     """Nothing complete reached the upstream (a partial, aborted body is tolerated)."""
-    assert upstream.requests == [], f"upstream got {[(r.method, r.target, r.body[:80]) for r in upstream.requests]}"
+    got = [(r.method, r.target, r.body[:80]) for r in upstream.requests]
+    assert upstream.requests == [], f"upstream got {got}"
     assert upstream.errors == [], f"upstream got unparseable bytes {upstream.errors!r}"
 
 

@@ -109,7 +109,7 @@ class Gateway:
 
     @classmethod
     def start(cls, config: dict, tmp_path: Path, env: dict[str, str] | None = None,
-              timeout: float = START_TIMEOUT) -> "Gateway":
+              timeout: float = START_TIMEOUT) -> Gateway:
         tmp_path = Path(tmp_path)
         workdir = tmp_path
         if (workdir / "fastgate.yaml").exists():  # several gateways in one tmp_path: one folder each

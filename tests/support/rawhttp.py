@@ -121,7 +121,7 @@ class RawConn:
         self.sock.settimeout(remaining)
         try:
             data = self.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             raise ResponseTimeout(f"timed out; buffered {bytes(self.buf[:300])!r}") from None
         except (ConnectionResetError, ConnectionAbortedError):
             self.eof = self.reset = True
@@ -264,7 +264,7 @@ class RawConn:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "RawConn":
+    def __enter__(self) -> RawConn:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -279,7 +279,8 @@ class _Truncated(Exception):
 def split_variants(data: bytes, every_index: bool = True,
                    at: Sequence[int] = ()) -> list[tuple[str, list[bytes]]]:
     """Ways to deliver `data`: whole, byte by byte, and split in two at every index (or at `at`)."""
-    out: list[tuple[str, list[bytes]]] = [("whole", [data]), ("bytewise", [data[i:i + 1] for i in range(len(data))])]
+    bytewise = [data[i:i + 1] for i in range(len(data))]
+    out: list[tuple[str, list[bytes]]] = [("whole", [data]), ("bytewise", bytewise)]
     points = range(1, len(data)) if every_index else sorted({i for i in at if 0 < i < len(data)})
     out += [(f"split@{i}", [data[:i], data[i:]]) for i in points]
     return out

@@ -112,7 +112,7 @@ class RecordingUpstream:
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "RecordingUpstream":
+    def start(self) -> RecordingUpstream:
         ready = threading.Event()
         failure: list[BaseException] = []
         self._loop = asyncio.new_event_loop()
@@ -160,7 +160,7 @@ class RecordingUpstream:
         await self._server.wait_closed()
         await asyncio.sleep(0.01)  # let closed transports finish
 
-    def __enter__(self) -> "RecordingUpstream":
+    def __enter__(self) -> RecordingUpstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -330,7 +330,8 @@ class RecordingUpstream:
                          b"hello world")
             return False
         if kind == "switch":
-            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\n\r\n")
             await writer.drain()
             while True:
                 data = await reader.read(65536)
