@@ -21,8 +21,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return EXIT_INVALID
+    from fastgate.policy import check_warnings
+
     print(f"{args.config}: ok ({len(config.functions)} functions, {len(config.upstreams)} upstreams, "
           f"{len(config.rules)} rules)")
+    for warning in check_warnings(config):
+        print(f"  warning: {warning}")
     return 0
 
 
@@ -57,6 +61,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(listen=args.listen)
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from fastgate.keygen import keygen
+
+    key, digest = keygen()
+    print(f"key (give it to the service; it is not stored anywhere): {key}")
+    print("config (identity.api_keys):")
+    print(f"  - name: {args.name}")
+    print(f'    sha256: "{digest}"')
+    print(f"    groups: [{', '.join(args.groups.split(',')) if args.groups else ''}]")
+    return 0
+
+
+def _cmd_admin(args: argparse.Namespace) -> int:
+    from fastgate.admin_cli import main as admin_main
+
+    return admin_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,8 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:8080")
     p.set_defaults(func=_cmd_demo)
 
+    p = sub.add_parser("admin", help="talk to a running gateway's admin socket", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_admin)
+
     p = sub.add_parser("status", help="version and which compiled cores are loaded")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("keygen", help="a new random API key and the sha256 line for the config")
+    p.add_argument("--name", default="service")
+    p.add_argument("--groups", default="", help="comma-separated groups for the config line")
+    p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("config-schema", help="print the JSON Schema of the config file")
     p.set_defaults(func=_cmd_config_schema)
@@ -84,5 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["admin"]:  # its own parser: options may come before the group and verb
+        from fastgate.admin_cli import main as admin_main
+
+        return admin_main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -34,6 +34,7 @@ class ServerState:
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.max_connections = tables.config.limits.max_connections
+        self.appender = None  # the record store's group-commit writer (fastgate.store.Appender)
 
     def drain(self) -> None:
         self.draining = True

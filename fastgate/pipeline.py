@@ -10,7 +10,9 @@ reference; a call keeps the tables it started with.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from urllib.parse import parse_qs
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,7 +21,12 @@ import orjson
 from fastgate import http1
 from fastgate.catalog import Catalog, PathError, normalize_target
 from fastgate.http1 import HOP_BY_HOP, CONTINUE_100, LAST_CHUNK, RequestHead, ResponseHead
-from fastgate.policy import Policy
+from fastgate.identity import ANONYMOUS, AuthError, Authenticator, UnknownKey, forward_headers, gateway_jwks
+from fastgate.jsonargs import ArgsError, parse_args
+from fastgate.policy import MISSING, CallContext, Policy
+from fastgate import records
+from fastgate.redaction import RedactionError, Redactor
+from fastgate.store import StoreUnavailable
 from fastgate.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
@@ -35,7 +42,11 @@ _ALWAYS_DROP = HOP_BY_HOP | frozenset({
     b"x-user", b"x-forwarded-user", b"x-remote-user", b"x-auth-request-user", b"x-forwarded-email",
 })
 _IDENTITY_PREFIX = b"x-fastgate-"
+GATEWAY_JWKS_PATH = b"/.well-known/fastgate/jwks.json"
 _RESPONSE_DROP = HOP_BY_HOP | frozenset({b"x-request-id"})
+_RESPONSE_MASK_DROP = _RESPONSE_DROP | frozenset({b"content-length", b"content-md5", b"digest", b"etag"})
+_RESPONSE_REWRITE_DROP = _RESPONSE_MASK_DROP | frozenset({b"content-encoding"})
+_ENCODING_DROP = frozenset({b"accept-encoding", b"te"})
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _PENDING_BODY_LIMIT = 256 * 1024
 
@@ -64,7 +75,7 @@ class UpstreamRoute:
 class Tables:
     """Everything a call needs from the config, compiled once."""
 
-    def __init__(self, config, pools: "PoolRegistry", tls: bool = False) -> None:
+    def __init__(self, config, pools: "PoolRegistry", tls: bool = False, auth: Authenticator | None = None) -> None:
         self.config = config
         limits = config.limits
         self.limits = http1.Limits(
@@ -76,7 +87,25 @@ class Tables:
         self.max_pipelined = limits.max_pipelined
         self.catalog = Catalog.from_functions(config.functions)
         self.policy = Policy.from_config(config)
+        self.auth = auth if auth is not None else Authenticator.from_config(config.identity)
+        self.forward_mode = config.identity.forward
         self.access_log = config.log.access
+        self.fail_closed = config.audit.fail_closed
+        self.audit_max_body = config.audit.max_body_bytes
+        self.redact_request: dict[str, Redactor] = {}
+        self.redact_response: dict[str, Redactor] = {}
+        pii = config.pii
+        custom = [(d.name, d.regex) for d in pii.custom]
+        for fn in config.functions:
+            for where, selectors, table in (("request", fn.redact.request, self.redact_request),
+                                            ("response", fn.redact.response, self.redact_response)):
+                detectors = list(pii.detectors) if where in pii.scan else []
+                redactor = Redactor.build(list(selectors), detectors, pii.mask, custom)
+                if redactor is not None:
+                    table[fn.name] = redactor
+        # pii.scan: [audit] masks what is recorded even where the caller's answer is not masked
+        self.audit_redactor = (Redactor.build([], list(pii.detectors), pii.mask, custom)
+                               if "audit" in pii.scan else None)
         strip = frozenset(h.lower().encode() for h in config.identity.strip_headers)
         self.routes: dict[str, UpstreamRoute] = {}
         for name, up in config.upstreams.items():
@@ -113,6 +142,16 @@ class PoolRegistry:
         return pool
 
 
+def audit_mask(redactor: Redactor, body: bytes) -> bytes:
+    """Mask a recorded body; a prefix cut mid-document is masked as text instead."""
+    try:
+        stream = redactor.stream("application/json")
+        return stream.feed(body) + stream.close()
+    except RedactionError:
+        text, _ = redactor.redact_text(body.decode("utf-8", "replace"))
+        return text.encode()
+
+
 def error_body(status: int, error: str, request_id: str, **extra) -> bytes:
     body = {"error": error, "request_id": request_id}
     body.update(extra)
@@ -125,7 +164,9 @@ class Call:
     __slots__ = ("client", "tables", "head", "request_id", "started", "function", "decision",
                  "path", "upstream", "route", "pending", "pending_bytes", "body_done", "response_started",
                  "rechunk", "status", "bytes_out", "error", "finished", "upstream_started", "upstream_ms",
-                 "out", "close_after", "attempts", "task", "_raw_body", "_query", "head_sent")
+                 "out", "close_after", "attempts", "task", "_raw_body", "_query", "head_sent", "caller", "params",
+                 "args", "buffering", "body_waiter", "streaming", "continued", "masker", "request_decoded", "recorded", "capture", "captured",
+                 "digest", "bytes_sent", "response_headers", "refusal_payload", "refusal_error")
 
     def __init__(self, client: "ClientConnection", tables: Tables, head: RequestHead, request_id: str) -> None:
         self.client = client
@@ -156,6 +197,23 @@ class Call:
         self._raw_body = head.content_length is not None
         self._query = ""
         self.head_sent = False
+        self.caller = ANONYMOUS
+        self.params: dict[str, str] = {}
+        self.args = MISSING
+        self.buffering = False
+        self.streaming = False
+        self.continued = False
+        self.body_waiter: asyncio.Future | None = None
+        self.masker = None
+        self.request_decoded = False
+        self.recorded = False
+        self.capture: list[bytes] | None = None
+        self.captured = 0
+        self.digest = None
+        self.bytes_sent = 0
+        self.response_headers = None
+        self.refusal_payload: bytes | None = None
+        self.refusal_error: str | None = None
 
     # -- stages ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -163,9 +221,24 @@ class Call:
 
     async def run(self) -> None:
         try:
+            tables = self.tables
+            if tables.forward_mode == "jwt" and self.head.target == GATEWAY_JWKS_PATH:
+                raise Refusal(200, gateway_jwks())  # public keys for x-fastgate-identity: no secret here
+            if tables.auth.enabled:
+                await self.authenticate()
             self.resolve()
+            redactor = tables.redact_request.get(self.function)
+            if self.head.has_body and (redactor is not None or tables.policy.needs_args(self.function)):
+                await self.read_body()
+                if tables.policy.needs_args(self.function):
+                    self.parse_arguments()
             self.decide()
-            if self.head.expect_continue and not self.body_done:
+            if redactor is not None and self.head.has_body:
+                self.mask_request_body(redactor)
+            if self.client.state.appender is not None:
+                await self.record_started()  # write-ahead: durable before anything is forwarded
+            if self.head.expect_continue and not self.body_done and not self.continued:
+                self.continued = True
                 self.client.write(CONTINUE_100)
             await self.forward()
         except Refusal as refusal:
@@ -179,6 +252,113 @@ class Call:
             self.client.log_exception(exc)
             self.refuse(Refusal(500, {"error": "internal"}))
 
+    # -- records ----------------------------------------------------------------------------------
+    def _request_record(self) -> dict:
+        """The request as recorded: masked body when it was buffered, never credentials."""
+        body = None
+        if self.body_done and not self.streaming and self.pending:
+            body = b"".join(self.pending)
+            audit = self.tables.audit_redactor
+            if audit is not None:
+                body = audit_mask(audit, body)
+        return {"method": self.head.method, "path": self.path or self.head.target.decode("latin-1"),
+                "query": self._query, "headers": self.head.headers, "body": body}
+
+    async def record_started(self) -> None:
+        decision = self.decision
+        event = records.call_started(
+            self.request_id, caller=self.caller, function=self.function, decision=decision.effect,
+            rule=decision.rule, max_body_bytes=self.tables.audit_max_body,
+            guard=self.client.state.appender.guard, **self._request_record())
+        try:
+            await self.client.state.appender.append(event)
+        except StoreUnavailable as exc:
+            self.error = f"record not written: {exc}"
+            if self.tables.fail_closed:
+                raise Refusal(503, {"error": "unavailable"}) from None
+            self.client.state.log.error("record not written; forwarding (audit.fail_closed is off)",
+                                        request_id=self.request_id, error=str(exc))
+            return
+        self.recorded = True
+
+    def record_end(self) -> None:
+        """call.finished for a forwarded call, call.refused for one the gate answered itself."""
+        appender = self.client.state.appender
+        if appender is None or self.status == 0:
+            return
+        gateway_ms = (time.perf_counter() - self.started) * 1000.0 - (self.upstream_ms or 0.0)
+        if self.recorded:
+            capture = b"".join(self.capture) if self.capture is not None else None
+            audit = self.tables.audit_redactor
+            if capture and audit is not None and self.masker is None:
+                capture = audit_mask(audit, capture)
+            event = records.call_finished(
+                self.request_id, status=self.status, headers=self.response_headers, body=capture,
+                body_bytes=self.bytes_sent, body_sha256=self.digest.hexdigest() if self.digest else None,
+                max_body_bytes=self.tables.audit_max_body, gateway_ms=gateway_ms,
+                upstream_ms=self.upstream_ms, error=self.error, guard=appender.guard)
+        else:
+            decision = self.decision
+            event = records.call_refused(
+                self.request_id, status=self.status, error=self.refusal_error or self.error or "",
+                caller=self.caller if self.caller is not ANONYMOUS or not self.tables.auth.enabled else None,
+                function=self.function, decision=decision.effect if decision else None,
+                rule=decision.rule if decision else None, response_body=self.refusal_payload,
+                max_body_bytes=self.tables.audit_max_body, gateway_ms=gateway_ms, guard=appender.guard,
+                **self._request_record())
+        try:
+            appender.submit(event)
+        except StoreUnavailable as exc:
+            self.client.state.log.error("record not written", request_id=self.request_id, error=str(exc))
+
+    async def authenticate(self) -> None:
+        auth = self.tables.auth
+        try:
+            try:
+                self.caller = auth.authenticate(self.head.headers)
+            except UnknownKey:
+                await auth.refresh()  # one shared, rate-limited JWKS refetch, then one more try
+                self.caller = auth.authenticate(self.head.headers)
+        except AuthError as exc:
+            self.error = f"unauthenticated: {exc.description}"
+            raise Refusal(401, {"error": "unauthenticated", "detail": exc.description},
+                          ((b"www-authenticate", exc.www_authenticate().encode()),)) from None
+
+    async def read_body(self) -> None:
+        """Buffer the body (bounded by limits.max_body_bytes) for the policy and request redaction."""
+        if self.head.expect_continue and not self.body_done:
+            self.continued = True  # the caller, function and size are acceptable: let the body come
+            self.client.write(CONTINUE_100)
+        self.buffering = True
+        self.client.resume_reading_for_body()
+        if not self.body_done:
+            self.body_waiter = self.client.loop.create_future()
+            await self.body_waiter
+
+    def parse_arguments(self) -> None:
+        """Parse the buffered body once; ambiguous JSON is refused before anything is forwarded."""
+        try:
+            self.args = parse_args(b"".join(self.pending), require_object=True)
+        except ArgsError as exc:
+            raise Refusal(400, {"error": "bad_request", "detail": f"arguments: {exc}"}) from None
+
+    def mask_request_body(self, redactor: Redactor) -> None:
+        """`redact.request`: the upstream gets the masked body (and so will the record)."""
+        content_type = content_encoding = None
+        for name, value in self.head.headers:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-encoding":
+                content_encoding = value.decode("latin-1")
+        try:
+            stream = redactor.stream(content_type, content_encoding)
+            masked = stream.feed(b"".join(self.pending)) + stream.close()
+        except RedactionError as exc:
+            raise Refusal(400, {"error": "bad_request", "detail": f"body could not be scanned: {exc}"}) from None
+        self.pending[:] = [masked]
+        self.pending_bytes = len(masked)
+        self.request_decoded = stream.decoded
+
     def resolve(self) -> None:
         head = self.head
         try:
@@ -191,13 +371,32 @@ class Call:
         if match is None:
             raise Refusal(404, {"error": "unknown_function"})
         self.function = match.function
+        self.params = match.params
         self.route = self.tables.routes[match.upstream]
         self._query = query
 
+    def context(self) -> CallContext:
+        policy = self.tables.policy
+        caller = self.caller
+        ctx = CallContext(caller.subject, caller.groups, caller.auth != "none", caller.claims, self.args,
+                          self.params, {}, {})
+        if policy.needs_query(self.function):
+            ctx.query = parse_qs(self._query, keep_blank_values=True)
+        if policy.needs_headers(self.function):
+            headers: dict[str, list[str]] = {}
+            for name, value in self.head.headers:
+                headers.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+            ctx.headers = headers
+        return ctx
+
     def decide(self) -> None:
-        decision = self.decision = self.tables.policy.decide(self.function)
-        if decision.effect != "allow":
-            raise Refusal(403, {"error": "denied", "rule": decision.rule})
+        decision = self.decision = self.tables.policy.decide(self.function, self.context())
+        if decision.effect == "allow":
+            return
+        if decision.effect == "approve":  # approvals are a later stage; until then, fail closed
+            raise Refusal(403, {"error": "denied", "rule": decision.rule,
+                                "detail": "approval required; approvals are not enabled"})
+        raise Refusal(403, {"error": "denied", "rule": decision.rule})
 
     async def forward(self) -> None:
         route = self.route
@@ -209,15 +408,23 @@ class Call:
                 return
             self.upstream = conn
             self.upstream_started = time.perf_counter()
-            conn.start(self, self.head.method, self.upstream_head() + self.take_pending())
-            if self.body_done and self.head.chunked:
-                conn.write(LAST_CHUNK)
-            if self.pending_bytes == 0:
-                self.client.resume_reading_for_body()
+            if self.body_done:  # the whole body is here: send it with a length, whatever its framing was
+                body = self.take_pending()
+                conn.start(self, self.head.method, self.upstream_head(len(body)) + body)
+            else:
+                self.streaming = True
+                data = self.upstream_head(None)
+                if self.pending:
+                    data += b"".join(self.pending if self._raw_body else map(http1.chunk, self.pending))
+                    self.pending.clear()
+                    self.pending_bytes = 0
+                conn.start(self, self.head.method, data)
+            self.client.resume_reading_for_body()
             return
 
     # -- request toward the upstream --------------------------------------------------------------
-    def upstream_head(self) -> bytes:
+    def upstream_head(self, length: int | None) -> bytes:
+        """The head toward the upstream; `length` is the body size when the whole body is known."""
         head = self.head
         route = self.route
         drop = route.drop
@@ -226,6 +433,10 @@ class Call:
         if self._query:
             target += b"?" + self._query.encode()
         parts = [b"%s %s HTTP/1.1\r\n" % (head.method, target)]
+        if self.function in self.tables.redact_response:
+            drop = drop | _ENCODING_DROP  # the answer is masked: ask for it uncompressed
+        if self.request_decoded:
+            drop = drop | {b"content-encoding"}
         for name, value in head.headers:
             if name in drop or name in tokens or name.startswith(_IDENTITY_PREFIX):
                 continue
@@ -235,12 +446,16 @@ class Call:
             self.client.peer_ip, route.proto, self.request_id.encode()))
         if head.host:
             parts.append(b"x-forwarded-host: %s\r\n" % head.host)
-        if head.chunked:
-            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+        if self.tables.forward_mode != "none":
+            parts.append(http1.serialize_headers(forward_headers(self.caller, self.tables.forward_mode)))
+        if length is not None:
+            if length or head.has_body:
+                parts.append(b"content-length: %d\r\n" % length)
+        elif head.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
         elif head.content_length is not None:
-            parts.append(b"content-length: %d\r\n\r\n" % head.content_length)
-        else:
-            parts.append(b"\r\n")
+            parts.append(b"content-length: %d\r\n" % head.content_length)
+        parts.append(b"\r\n")
         return b"".join(parts)
 
     def take_pending(self) -> bytes:
@@ -252,20 +467,21 @@ class Call:
         return data
 
     def on_request_data(self, data: bytes) -> None:
-        if not self._raw_body:
-            data = http1.chunk(data)
-        if self.upstream is not None:
-            self.upstream.write(data)
-        else:
-            self.pending.append(data)
-            self.pending_bytes += len(data)
-            if self.pending_bytes > _PENDING_BODY_LIMIT:
-                self.client.pause_reading_for_body()
+        if self.streaming:
+            self.upstream.write(data if self._raw_body else http1.chunk(data))
+            return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes > _PENDING_BODY_LIMIT and not self.buffering:
+            self.client.pause_reading_for_body()  # limits.max_body_bytes bounds what `buffering` holds
 
     def on_request_end(self) -> None:
         self.body_done = True
-        if self.upstream is not None and self.head.chunked:
-            self.upstream.write(LAST_CHUNK)
+        if self.streaming:
+            if self.head.chunked and self.upstream is not None:
+                self.upstream.write(LAST_CHUNK)
+        elif self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_result(None)
 
     def pause_request_body(self) -> None:
         self.client.pause_reading_for_body()
@@ -283,13 +499,32 @@ class Call:
         for name, value in rh.headers:
             if name == b"connection":
                 tokens = tokens | frozenset(t.strip().lower() for t in value.split(b","))
+        content_length = rh.content_length
+        redactor = self.tables.redact_response.get(self.function) if rh.has_body else None
+        if redactor is not None:
+            content_type = content_encoding = None
+            for name, value in rh.headers:
+                if name == b"content-type":
+                    content_type = value.decode("latin-1")
+                elif name == b"content-encoding":
+                    content_encoding = value.decode("latin-1")
+            try:
+                self.masker = redactor.stream(content_type, content_encoding)
+            except RedactionError as exc:
+                raise UpstreamError(502, f"response could not be scanned: {exc}") from None
+            drop = _RESPONSE_REWRITE_DROP if self.masker.decoded else _RESPONSE_MASK_DROP
+            content_length = None  # masking changes the length: re-framed below
         parts = [http1.status_line(rh.status, rh.reason)]
         for name, value in rh.headers:
             if name in drop or name in tokens:
                 continue
             parts.append(b"%s: %s\r\n" % (name, value))
         parts.append(b"x-request-id: %s\r\n" % self.request_id.encode())
-        if rh.has_body and rh.content_length is None:
+        if self.recorded:
+            self.response_headers = rh.headers
+            self.digest = hashlib.sha256()
+            self.capture = []
+        if rh.has_body and content_length is None:
             if head.version == b"1.1":
                 self.rechunk = True
                 parts.append(b"transfer-encoding: chunked\r\n")
@@ -306,18 +541,49 @@ class Call:
 
     def on_response_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
+        if self.masker is not None:
+            data = self.masker.feed(data)  # RedactionError reaches the upstream side: 502 or abort
+            if not data:
+                return
+        self.keep(data)
         self.out.append(http1.chunk(data) if self.rechunk else data)
         if len(self.out) > 8:
             self.flush()
 
+    def keep(self, data: bytes) -> None:
+        """What the caller got, as the record keeps it: a bounded prefix and the sha256 of all."""
+        if self.digest is None:
+            return
+        self.digest.update(data)
+        self.bytes_sent += len(data)
+        room = self.tables.audit_max_body - self.captured
+        if room > 0:
+            piece = data[:room]
+            self.capture.append(piece)
+            self.captured += len(piece)
+
     def flush(self) -> None:
-        """Write what one upstream read produced in one go; the head counts as sent from here."""
+        """Write what one upstream read produced in one go; the head counts as sent from here.
+
+        A masked answer's head waits for the first masked bytes, so a body that cannot be scanned
+        early on still gets a clean 502 instead of a cut connection."""
+        if self.masker is not None and not self.head_sent and len(self.out) == 1:
+            return
         if self.out:
             self.client.write(b"".join(self.out))
             self.out.clear()
             self.head_sent = True
 
     def on_response_end(self) -> None:
+        if self.masker is not None:
+            try:
+                tail = self.masker.close()
+            except RedactionError as exc:
+                self.upstream_failed(UpstreamError(502, f"response could not be scanned: {exc}"))
+                return
+            if tail:
+                self.keep(tail)
+                self.out.append(http1.chunk(tail) if self.rechunk else tail)
         if self.rechunk:
             self.out.append(LAST_CHUNK)
         self.flush()
@@ -374,8 +640,11 @@ class Call:
             return
         self.status = refusal.status
         body = dict(refusal.body)
-        body.setdefault("request_id", self.request_id)
+        if refusal.status >= 400:
+            body.setdefault("request_id", self.request_id)
         payload = orjson.dumps(body)
+        self.refusal_payload = payload
+        self.refusal_error = str(body.get("error", ""))
         if not self.body_done:
             self.close_after = True
         close = self.close_after or self.client.draining
@@ -414,6 +683,10 @@ class Call:
         if self.finished:
             return
         self.finished = True
+        try:
+            self.record_end()
+        except Exception as exc:  # the answer is already out; the log says what the record missed
+            self.client.log_exception(exc)
         self.client.call_finished(self)
 
     def log_record(self) -> dict:
@@ -423,6 +696,7 @@ class Call:
             "method": self.head.method.decode(),
             "path": self.path or None,
             "function": self.function,
+            "subject": self.caller.subject,
             "decision": self.decision.effect if self.decision else None,
             "rule": self.decision.rule if self.decision else None,
             "status": self.status,

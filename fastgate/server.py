@@ -17,6 +17,9 @@ import sys
 import time
 
 from fastgate.config import Config, ConfigError, load_config, parse_hostport
+from fastgate.admin import AdminError, AdminServer, AdminSocketError, RecordCommands
+from fastgate.identity import Authenticator, gateway_jwks
+from fastgate.store import Appender, Store, StoreUnavailable
 from fastgate.listener import ClientConnection, ServerState
 from fastgate.log import Log
 from fastgate.pipeline import PoolRegistry, Tables
@@ -82,6 +85,8 @@ class Worker:
         self.index = index
         self.reuse_port = reuse_port
         self.log = Log(config.log.level, config.secret_values, worker=index)
+        self.workers_hint = 1 if index is None else "supervised"
+        self.last_reload_errors: list[str] = []
 
     def run(self) -> int:
         import uvloop
@@ -96,8 +101,19 @@ class Worker:
         config = self.config
         pools = PoolRegistry(loop)
         tls = _tls_context(config)
-        state = ServerState(loop, Tables(config, pools, tls=tls is not None), self.log)
-        self.state, self.pools = state, pools
+        auth = await self.start_auth(config)
+        try:
+            store = Store.open(config.store)
+        except (StoreUnavailable, OSError) as exc:
+            self.log.error("the record store cannot be opened", path=config.store.path, error=str(exc))
+            return 1
+        injected = {k.lower() for up in config.upstreams.values() for k in up.inject_headers}
+        appender = Appender.from_config(store, config.audit, secrets=config.secret_values,
+                                        drop_headers=injected, log=self.log).start()
+        state = ServerState(loop, Tables(config, pools, tls=tls is not None, auth=auth), self.log)
+        state.appender = appender
+        self.state, self.pools, self.store = state, pools, store
+        admin = await self.start_admin(config, store) if self.index in (None, 0) else None
         try:
             sock = make_listen_socket(self.host, self.port, self.reuse_port)
         except OSError as exc:
@@ -111,7 +127,7 @@ class Worker:
         stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         await stop
         self.log.info("draining", connections=len(state.connections))
         server.close()
@@ -123,26 +139,112 @@ class Worker:
             conn.abort()
         for pool in pools.pools.values():
             pool.close()
+        if admin is not None:
+            await admin.close()
+        await appender.close()
+        store.close()
         self.log.info("stopped")
         return 0
 
-    def reload(self) -> None:
+    async def start_admin(self, config: Config, store: Store) -> AdminServer | None:
+        """The admin socket, in the only worker or in worker 0 (all workers share the store)."""
+        admin = AdminServer(config.admin.socket, log=self.log)
+        RecordCommands(store, export_dir=config.audit.export_dir, max_body_bytes=config.audit.max_body_bytes,
+                       status_extra=self.status_extra, mask_response=self.mask_replayed).install(admin)
+        admin.register("policy.explain", self.policy_explain)
+        admin.register("config.reload", self.config_reload)
+        try:
+            await admin.start()
+        except (AdminSocketError, OSError) as exc:
+            self.log.error("admin socket not started", path=config.admin.socket, error=str(exc))
+            return None
+        self.log.info("admin socket", path=config.admin.socket)
+        return admin
+
+    def mask_replayed(self, function: str | None, body: bytes) -> bytes:
+        """A replayed answer is masked as the live pipeline would mask it."""
+        from fastgate.pipeline import audit_mask
+
+        tables = self.state.tables
+        redactor = tables.redact_response.get(function or "") or tables.audit_redactor
+        return audit_mask(redactor, body) if redactor is not None and body else body
+
+    async def status_extra(self) -> dict:
+        from fastgate._core import IMPLEMENTATIONS
+
+        tables = self.state.tables
+        return {"workers": self.workers_hint, "connections": len(self.state.connections),
+                "functions": sorted(tables.catalog.names), "cores": dict(IMPLEMENTATIONS),
+                "store_stats": dict(self.state.appender.stats)}
+
+    async def policy_explain(self, args: dict) -> dict:
+        from fastgate.policy import MISSING, CallContext
+
+        function = args.get("function")
+        if not isinstance(function, str) or not function:
+            raise AdminError("bad_request", "function is required")
+        groups = args.get("groups") or []
+        if isinstance(groups, str):
+            groups = [g for g in groups.split(",") if g]
+        call_args = args.get("args", MISSING)
+        if isinstance(call_args, str):
+            try:
+                import orjson
+
+                call_args = orjson.loads(call_args)
+            except ValueError:
+                raise AdminError("bad_request", "args must be JSON") from None
+        subject = args.get("subject") or "anonymous"
+        ctx = CallContext(subject, frozenset(groups), subject != "anonymous", args.get("claims") or {},
+                          call_args, args.get("params") or {}, args.get("query") or {}, args.get("headers") or {})
+        return self.state.tables.policy.explain(function, ctx)
+
+    async def config_reload(self, args: dict) -> dict:
+        if self.index is not None:  # a supervised worker: the parent reloads every worker
+            os.kill(os.getppid(), signal.SIGHUP)
+            return {"reloading": True, "workers": "all"}
+        ok = await self.reload()
+        if not ok:
+            raise AdminError("bad_request", "reload refused: " + "; ".join(self.last_reload_errors))
+        return {"reloaded": True, "functions": len(self.config.functions)}
+
+    async def start_auth(self, config: Config) -> Authenticator:
+        """Load the identity provider's keys; an unreachable provider is logged, not fatal:
+        tokens are refused until a refresh succeeds (fail closed)."""
+        auth = Authenticator.from_config(config.identity)
+        try:
+            await auth.start()
+        except Exception as exc:
+            self.log.error("identity keys not loaded; tokens are refused until a refresh works",
+                           error=str(exc))
+        return auth
+
+    async def reload(self) -> bool:
         try:
             config = load_config(self.config_path)
-            tables = Tables(config, self.pools, tls=self.config.tls is not None)
+            auth = await self.start_auth(config)
+            tables = Tables(config, self.pools, tls=self.config.tls is not None, auth=auth)
         except ConfigError as exc:
+            self.last_reload_errors = exc.errors
             self.log.error("reload refused: keeping the running config", errors=exc.errors)
-            return
+            return False
         except Exception as exc:  # a config that validates but cannot be compiled
+            self.last_reload_errors = [str(exc)]
             self.log.error("reload refused: keeping the running config", errors=[str(exc)])
-            return
+            return False
         if (config.listen != self.config.listen and not self.listen_override) or config.tls != self.config.tls:
             self.log.warning("listen and tls changes take effect on restart")
         self.config = config
         self.log.set_secrets(config.secret_values)
         self.log.level = Log(config.log.level).level
+        if self.state.appender is not None:
+            injected = {k.lower() for up in config.upstreams.values() for k in up.inject_headers}
+            self.state.appender.guard.set_secrets(config.secret_values, injected)
+        old = self.state.tables.auth
         self.state.tables = tables
+        old.close()
         self.log.info("reloaded", functions=len(config.functions))
+        return True
 
 
 class Supervisor:
@@ -159,6 +261,8 @@ class Supervisor:
         self.placeholder = make_listen_socket(host, port, reuse_port=True, listen=False)
         self.host, self.port = host, self.placeholder.getsockname()[1]
         self.children: dict[int, int] = {}  # pid -> index
+        if config.identity.forward == "jwt":
+            gateway_jwks()  # one signing key, made before fork, shared by every worker
         self.stopping = False
         self.pending: list[int] = []
 

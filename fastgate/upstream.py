@@ -152,6 +152,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def _drain_events(self) -> None:
+        try:
+            self._next_events()
+        except UpstreamError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a stage failed on this answer (e.g. it could not be scanned): fail closed
+            self._fail(UpstreamError(502, f"response could not be processed: {exc}"))
+
+    def _next_events(self) -> None:
         parser = self.parser
         while self.exchange is not None:
             try:

@@ -106,7 +106,7 @@ def test_example_config_needs_its_secrets():
 
 
 def test_demo_config_loads():
-    config = load_config(REPO / "configs" / "demo.yaml", env={"FASTGATE_DEMO_UPSTREAM_TOKEN": "t0k"})
+    config = load_config(REPO / "configs" / "demo.yaml", env={"FASTGATE_DEMO_UPSTREAM_TOKEN": "t0k", "FASTGATE_DEMO_JWKS": "/tmp/jwks.json"})
     assert config.listen == "127.0.0.1:8080"
     up = config.upstreams["demo"]
     assert (up.host, up.port) == ("127.0.0.1", 9001)

@@ -162,7 +162,7 @@ def test_demo_keys_match_config():
 
     from fastgate.config import load_config
 
-    config = load_config(CONFIG_PATH, env={"FASTGATE_DEMO_UPSTREAM_TOKEN": "x"})
+    config = load_config(CONFIG_PATH, env={"FASTGATE_DEMO_UPSTREAM_TOKEN": "x", "FASTGATE_DEMO_JWKS": "jwks.json"})
     hashes = {k.sha256 for k in config.identity.api_keys}
     assert {hashlib.sha256(key.encode()).hexdigest() for key in DEMO_KEYS.values()} == hashes
 

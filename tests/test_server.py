@@ -163,15 +163,22 @@ def test_demo_prints_curl_lines_that_work(tmp_path):
         assert wait_for(lambda: '"msg":"listening"' in out_path.read_text(errors="replace"), 30), \
             out_path.read_text(errors="replace")
         text = out_path.read_text()
-        urls = [w for line in text.splitlines() if "curl" in line for w in line.split()
-                if w.startswith(f"http://127.0.0.1:{port}/")]
-        assert urls, text
-        r = httpx.get(urls[0].strip("'\""))
+        line = next(ln for ln in text.splitlines() if "curl" in ln and "X-Api-Key" in ln and "/customers/" in ln)
+        key = line.split("X-Api-Key: ")[1].split("'")[0]
+        url = next(w for w in line.split() if w.startswith(f"http://127.0.0.1:{port}/"))
+        r = httpx.get(url, headers={"X-Api-Key": key})
         assert r.status_code == 200, r.text
+        assert httpx.get(url).status_code == 401
+        tokens = dict(ln.strip()[len("export "):].split("=", 1) for ln in text.splitlines()
+                      if ln.strip().startswith("export "))
+        alice = tokens["ALICE"].strip("'")
+        assert httpx.get(url, headers={"Authorization": f"Bearer {alice}"}).status_code == 200
+        ivan = tokens["IVAN"].strip("'")
+        assert httpx.get(url, headers={"Authorization": f"Bearer {ivan}"}).status_code == 403
         echo = httpx.post(f"http://127.0.0.1:{port}/echo", content=b'{"hi": 1}',
-                          headers={"Authorization": "Bearer caller-token"})
+                          headers={"Authorization": f"Bearer {alice}"})
         assert echo.status_code == 200
-        assert "caller-token" not in echo.text
+        assert alice not in echo.text
         assert os.environ.get("FASTGATE_DEMO_UPSTREAM_TOKEN", "unset") not in echo.text
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -12,6 +12,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +35,16 @@ def _base_url(listen: str) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def banner(listen: str, admin_socket: str = "var/demo/admin.sock") -> str:
+def banner(listen: str, admin_socket: str = "var/demo/admin.sock", tokens: dict[str, str] | None = None) -> str:
     """The text printed at start: what runs where, and curl lines that work as printed."""
     url = _base_url(listen)
+    token_lines = []
+    if tokens:
+        token_lines = ["  # the same with the demo identity provider's tokens (JWT, 12 h):"]
+        for user, token in tokens.items():
+            token_lines.append(f"  export {user.upper()}='{token}'")
+        token_lines.append(f"  curl -s -H \"Authorization: Bearer $ALICE\" {url}/customers/c-1001")
+        token_lines.append(f"  curl -s -H \"Authorization: Bearer $IVAN\" {url}/customers/c-1001")
     support = f"curl -s -H 'X-Api-Key: {DEMO_KEYS['support']}'"
     intern = f"curl -s -H 'X-Api-Key: {DEMO_KEYS['intern']}'"
     json_post = "-H 'content-type: application/json' -X POST"
@@ -55,6 +63,7 @@ def banner(listen: str, admin_socket: str = "var/demo/admin.sock") -> str:
         f"  curl -s {url}/orders",
         "  # the headers the function received (Authorization was injected by the gateway):",
         f"  {support} -X POST -d 'hello' {url}/echo",
+        *token_lines,
         "",
     ])
 
@@ -82,6 +91,12 @@ def run_demo(listen: str = "127.0.0.1:8080") -> int:
         print(f"fastgate demo: --listen: {exc}", file=sys.stderr)
         return 2
     os.environ[TOKEN_ENV] = secrets.token_urlsafe(32)
+    from fastgate.demo.identity import DemoIdentity
+
+    idp_dir = tempfile.mkdtemp(prefix="fastgate-demo-idp-")
+    identity = DemoIdentity(idp_dir)
+    os.environ["FASTGATE_DEMO_JWKS"] = str(identity.jwks_path)
+    tokens = {user: identity.token(user) for user in identity.users}
     try:
         config = load_config(CONFIG_PATH)
     except ConfigError as exc:
@@ -96,7 +111,7 @@ def run_demo(listen: str = "127.0.0.1:8080") -> int:
             print(f"fastgate demo: the demo functions did not start on {upstream.host}:{upstream.port}",
                   file=sys.stderr)
             return 1
-        print(banner(listen, config.admin.socket), flush=True)
+        print(banner(listen, config.admin.socket, tokens), flush=True)
         from fastgate.server import run
 
         return run(str(CONFIG_PATH), workers=None, listen=listen)
