@@ -212,7 +212,8 @@ def start_target(name: str, args: argparse.Namespace, workdir: str, upstream_por
             cmd += ["--workers", str(args.fastgate_workers)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        return procs.start_server("fastgate", cmd, port, core=SERVER_CORE, env=env, cwd=str(REPO_ROOT),
+        # cwd is the run's temp dir: relative store/audit/admin paths (var/...) start empty each run
+        return procs.start_server("fastgate", cmd, port, core=SERVER_CORE, env=env, cwd=workdir,
                                   workdir=workdir, ready_timeout=30)
     raise ValueError(name)
 

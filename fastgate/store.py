@@ -415,7 +415,7 @@ class Appender:
     def __init__(self, store: Store, *, exporter: Exporter | None = None, fail_closed: bool = True,
                  guard: Guard | None = None, log: Any = None, sync_interval: float = 0.05,
                  max_batch: int = 1024, max_pending: int = 65536, maintenance_interval: float = 30.0,
-                 export_retry: float = 1.0, export_interval: float = 0.005) -> None:
+                 export_retry: float = 1.0, export_interval: float = 0.005, linger: float = 0.002) -> None:
         self.store = store
         self.durability = store.durability
         self.exporter = exporter
@@ -428,6 +428,7 @@ class Appender:
         self.maintenance_interval = maintenance_interval
         self.export_retry = export_retry
         self.export_interval = export_interval
+        self.linger = linger
         self.stats = {"events": 0, "batches": 0, "syncs": 0, "failed_batches": 0, "exported": 0,
                       "export_failures": 0, "max_batch": 0}
         self.export_error: str | None = None
@@ -525,15 +526,21 @@ class Appender:
             exporting.start()
         next_maint = time.monotonic() + self.maintenance_interval
         next_sync: float | None = None
+        last_batch = 0
         while True:
             now = time.monotonic()
             self._wake.wait(max(0.0, min(next_maint, next_sync or next_maint, now + 1.0) - now))
+            if last_batch > 1 and not self._closing and len(self._queue) < self.max_batch:
+                # Under load, let a batch gather: one GIL hand-off and one commit per `linger`
+                # instead of one per event (a lone event, as at one connection, never waits).
+                time.sleep(self.linger)
             self._wake.clear()
             batch: list[tuple[Prepared, asyncio.Future | None]] = []
             while self._queue and len(batch) < self.max_batch:
                 batch.append(self._queue.popleft())
             if self._queue:
                 self._wake.set()
+            last_batch = len(batch)
             if batch:
                 committed = self._commit(batch)
                 if committed:

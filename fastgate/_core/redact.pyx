@@ -9,6 +9,7 @@ shared with the reference and imported from it: Plan, RedactionError, TextRedact
 LongString (rare, large, Python is fine), mask rendering for {last4}/{hash}, custom regexes.
 The byte tables are copied from `fastgate.pii` at import so the rules live in one place.
 """
+cimport cython
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, uint8_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
@@ -211,7 +212,7 @@ cdef int add_span(Work* w, Py_ssize_t a, Py_ssize_t b, Py_ssize_t t) except -1:
     return 0
 
 
-cdef int add_group(Work* w, Py_ssize_t m, Py_ssize_t a, Py_ssize_t b) except -1:
+cdef inline int add_group(Work* w, Py_ssize_t m, Py_ssize_t a, Py_ssize_t b) except -1:
     cdef Py_ssize_t cap
     if m + 1 > w.capg:
         cap = w.capg * 2 if w.capg else 32
@@ -799,6 +800,16 @@ cdef uint64_t QUOTES = 0x2222222222222222
 cdef uint64_t BACKSLASHES = 0x5C5C5C5C5C5C5C5C
 
 
+cdef inline uint64_t special8(const unsigned char* p) noexcept nogil:
+    """High bits marking quote, backslash, control and non-ASCII bytes among 8. Only the
+    lowest marked byte is exact (borrows run upwards), which is all the callers use."""
+    cdef uint64_t v, q, b
+    memcpy(&v, p, 8)
+    q = v ^ QUOTES
+    b = v ^ BACKSLASHES
+    return (v & HIGHS) | ((v - SPACES) & ~v & HIGHS) | ((q - ONES) & ~q & HIGHS) | ((b - ONES) & ~b & HIGHS)
+
+
 cdef inline bint plain8(const unsigned char* p) noexcept nogil:
     """None of 8 bytes is a quote, a backslash, a control byte or non-ASCII (SWAR)."""
     cdef uint64_t v, q, b
@@ -845,18 +856,27 @@ for _k in range(256):
 
 cdef int put_escaped_bytes(Buf* b, const unsigned char* s, Py_ssize_t n) except -1:
     """Canonical escape of UTF-8 text without surrogates (bytes >= 0x80 copied)."""
-    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t i = 0, k
     cdef unsigned char c, e
     cdef unsigned char* p
-    if b.n + 6 * n > b.cap:
-        buf_grow(b, b.n + 6 * n)
+    cdef uint64_t v, q, bs, m
+    if b.n + 6 * n + 8 > b.cap:
+        buf_grow(b, b.n + 6 * n + 8)
     p = b.p + b.n
     while i < n:
-        if i + 8 <= n and clean8(s + i):
-            memcpy(p, s + i, 8)
-            p += 8
-            i += 8
-            continue
+        if i + 8 <= n:
+            memcpy(&v, s + i, 8)
+            q = v ^ QUOTES
+            bs = v ^ BACKSLASHES
+            m = ((v - SPACES) & ~v & HIGHS) | ((q - ONES) & ~q & HIGHS) | ((bs - ONES) & ~bs & HIGHS)
+            memcpy(p, &v, 8)  # room for 6n bytes is reserved: copy first, keep what is clean
+            if m == 0:
+                p += 8
+                i += 8
+                continue
+            k = __builtin_ctzll(m) >> 3
+            p += k
+            i += k
         c = s[i]
         i += 1
         e = ESC[c] if c < 128 else 0
@@ -951,22 +971,33 @@ cdef inline void put_utf8(Buf* b, u4 c) noexcept nogil:
 
 cdef int unescape_utf8(const unsigned char* s, Py_ssize_t n, Buf* b) except -1:
     """Validated string content -> WTF-8 text; returns 1 if any byte >= 0x80 was written."""
-    cdef Py_ssize_t i = 0, start
-    cdef const unsigned char* q
-    cdef unsigned char e
+    cdef Py_ssize_t i = 0
+    cdef unsigned char e, c8
     cdef u4 c, lo
     cdef int wide = 0
+    cdef uint64_t v, x
+    cdef unsigned char* p
     b.n = 0
     if n > b.cap:
         buf_grow(b, n)
+    p = b.p
     while i < n:
-        q = <const unsigned char*>memchr(s + i, 92, n - i)
-        start = i
-        i = n if q == NULL else q - s
-        memcpy(b.p + b.n, s + start, i - start)
-        b.n += i - start
-        if i >= n:
-            break
+        if i + 8 <= n:
+            memcpy(&v, s + i, 8)
+            x = v ^ BACKSLASHES
+            if ((x - ONES) & ~x & HIGHS) == 0:
+                memcpy(p, &v, 8)
+                wide |= (v & HIGHS) != 0
+                p += 8
+                i += 8
+                continue
+        c8 = s[i]
+        if c8 != 92:
+            p[0] = c8
+            p += 1
+            wide |= c8 >= 0x80
+            i += 1
+            continue
         e = s[i + 1]
         if e == 117:
             c = hex4(s + i + 2)
@@ -978,26 +1009,25 @@ cdef int unescape_utf8(const unsigned char* s, Py_ssize_t n, Buf* b) except -1:
                     i += 6
             if c >= 0x80:
                 wide = 1
+            b.n = p - b.p
             put_utf8(b, c)
+            p = b.p + b.n
         else:
             if e == 98:
-                b.p[b.n] = 8
+                p[0] = 8
             elif e == 102:
-                b.p[b.n] = 12
+                p[0] = 12
             elif e == 110:
-                b.p[b.n] = 10
+                p[0] = 10
             elif e == 114:
-                b.p[b.n] = 13
+                p[0] = 13
             elif e == 116:
-                b.p[b.n] = 9
+                p[0] = 9
             else:
-                b.p[b.n] = e
-            b.n += 1
+                p[0] = e
+            p += 1
             i += 2
-    if not wide:
-        for i in range(b.n):
-            if b.p[i] >= 0x80:
-                return 1
+    b.n = p - b.p
     return wide
 
 
@@ -1091,6 +1121,7 @@ if (_ref.ACCEPT, _ref.KEY, _ref.INDEX, _ref.WILDCARD, _ref.DESCEND) != (0, 1, 2,
     raise ImportError("fastgate._core.redact is out of date with redact_py; rebuild it")
 
 
+@cython.final
 cdef class Engine:
     """Compiled engine for one Plan: selector tables, masks, and the C detectors."""
 
@@ -1198,6 +1229,26 @@ cdef class Engine:
     def text(self):
         return TextRedactor(self)
 
+    def unescape_bytes(self, bytes raw):
+        """Validated string content -> its text as WTF-8."""
+        cdef Buf b
+        memset(&b, 0, sizeof(Buf))
+        try:
+            unescape_utf8(<const unsigned char*>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), &b)
+            return PyBytes_FromStringAndSize(<char*>b.p, b.n)
+        finally:
+            free(b.p)
+
+    def escape_bytes(self, bytes body):
+        """UTF-8 text (no lone surrogates) -> canonical JSON string content."""
+        cdef Buf b
+        memset(&b, 0, sizeof(Buf))
+        try:
+            put_escaped_bytes(&b, <const unsigned char*>PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+            return PyBytes_FromStringAndSize(<char*>b.p, b.n)
+        finally:
+            free(b.p)
+
     cdef void child_states(self, const uint64_t* parent, const unsigned char* key, Py_ssize_t klen,
                            Py_ssize_t index, uint64_t* out) noexcept:
         """States of a member (key) or element (key NULL, index) of a value in `parent`."""
@@ -1258,6 +1309,7 @@ cdef bytes LIT_FALSE = b"false"
 cdef bytes LIT_NULL = b"null"
 
 
+@cython.final
 cdef class JsonRedactor:
     """Compiled incremental redactor for one JSON document (semantics: redact_py)."""
 
@@ -1502,7 +1554,10 @@ cdef class JsonRedactor:
                     self.spanning = False
                     self.tokstart = i
                     self.esc = self.u8 = self.unit = self.sflags = 0
-                    return i + 1
+                    i = self._string(s, n, i + 1)
+                    if self.tok != TK_NONE:
+                        return i
+                    continue
                 if c == 125 and st == S_KEY_OR_END:
                     self._close_container(i)
                     i += 1
@@ -1521,6 +1576,12 @@ cdef class JsonRedactor:
                 i += 1
                 continue
             i = self._begin_value(s, n, i)
+            if self.tok == TK_STRING:
+                i = self._string(s, n, i)
+            elif self.tok == TK_NUMBER:
+                i = self._number(s, n, i)
+            elif self.tok == TK_LITERAL:
+                i = self._literal(s, n, i)
             if self.tok != TK_NONE:
                 return i
         return i
@@ -1535,18 +1596,18 @@ cdef class JsonRedactor:
         if e.nstates == 0:
             pass  # vstates stays all zero
         elif skipping:
-            memset(states, 0, NWMAX * sizeof(uint64_t))
+            memset(states, 0, self.nw * sizeof(uint64_t))
         elif self.depth == 0:
-            memcpy(states, self.rootset, NWMAX * sizeof(uint64_t))
+            memcpy(states, self.rootset, self.nw * sizeof(uint64_t))
         elif self.ckind[self.depth - 1] == ARR:
             idx = self.cindex[self.depth - 1]
             self.cindex[self.depth - 1] = idx + 1
             if any_bits(self.cstates + (self.depth - 1) * NWMAX, self.nw):
                 e.child_states(self.cstates + (self.depth - 1) * NWMAX, NULL, 0, idx, states)
             else:
-                memset(states, 0, NWMAX * sizeof(uint64_t))
+                memset(states, 0, self.nw * sizeof(uint64_t))
         else:
-            memcpy(states, self.child, NWMAX * sizeof(uint64_t))
+            memcpy(states, self.child, self.nw * sizeof(uint64_t))
         if not skipping and e.nstates and any_bits(states, self.nw):
             sel = e.accepted(states)
         if c == 123 or c == 91:
@@ -1560,7 +1621,7 @@ cdef class JsonRedactor:
                 self.skip = self.depth
                 self.run = -1
             self.ckind[self.depth] = OBJ if c == 123 else ARR
-            memcpy(self.cstates + self.depth * NWMAX, states, NWMAX * sizeof(uint64_t))
+            memcpy(self.cstates + self.depth * NWMAX, states, self.nw * sizeof(uint64_t))
             self.cindex[self.depth] = 0
             self.depth += 1
             self.st = S_KEY_OR_END if c == 123 else S_VALUE_OR_END
@@ -1610,12 +1671,18 @@ cdef class JsonRedactor:
     cdef Py_ssize_t _string(self, const unsigned char* s, Py_ssize_t n, Py_ssize_t i) except -1:
         cdef int esc = self.esc, u8 = self.u8, unit = self.unit, flags = self.sflags
         cdef unsigned char c
+        cdef uint64_t m
         while i < n:
             if esc == 0 and u8 == 0:
-                while i + 8 <= n and plain8(s + i):
+                while i + 8 <= n:
+                    m = special8(s + i)
+                    if m:
+                        i += __builtin_ctzll(m) >> 3
+                        break
                     i += 8
-                while i < n and STRPLAIN[s[i]]:
-                    i += 1
+                else:
+                    while i < n and STRPLAIN[s[i]]:
+                        i += 1
                 if i >= n:
                     break
                 c = s[i]
@@ -1718,7 +1785,7 @@ cdef class JsonRedactor:
 
     cdef int _string_end(self, const unsigned char* s, Py_ssize_t j) except -1:
         cdef const unsigned char* content
-        cdef Py_ssize_t clen
+        cdef Py_ssize_t clen, k
         cdef Engine e = self.eng
         self.tok = TK_NONE
         self.tokend = j + 1
@@ -1730,6 +1797,29 @@ cdef class JsonRedactor:
         else:
             content = s + self.tokstart + 1
             clen = j - self.tokstart - 1
+            if self.sflags == 0 and self.skip < 0 and self.vsel < 0 and clen <= e.window and not e.has_custom:
+                # the common case: a plain ASCII string inside this chunk; unless it opens
+                # like JSON or holds a trigger byte it stays part of the verbatim run
+                if self.key:
+                    self.st = S_COLON
+                    if e.nstates:
+                        if any_bits(self.cstates + (self.depth - 1) * NWMAX, self.nw):
+                            e.child_states(self.cstates + (self.depth - 1) * NWMAX, content, clen, -1, self.child)
+                        else:
+                            memset(self.child, 0, self.nw * sizeof(uint64_t))
+                elif clen and (content[0] == 123 or content[0] == 91 or content[0] <= 32):
+                    self._short_value(content, clen)
+                    self._value_done()
+                    return 0
+                if e.enabled:
+                    k = 0
+                    while k < clen and not TRIG[content[k]]:
+                        k += 1
+                    if k < clen:
+                        self._text_value(content, clen, content, clen, 0)
+                if not self.key:
+                    self._value_done()
+                return 0
         if self.key:
             self.st = S_COLON
             if self.skip < 0:

@@ -167,9 +167,14 @@ def _escape_one(m: re.Match[str]) -> str:
     return _ESCAPES.get(ch) or "\\u%04x" % ord(ch)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def escape(text: str) -> str:
     """Canonical JSON string content: the seven short escapes, `\\u00xx` for other controls
     and lone surrogates, everything else (UTF-8, `/`, DEL) raw."""
+    if _SURROGATE.search(text) is None:
+        return json.dumps(text, ensure_ascii=False)[1:-1]  # the same escapes, at C speed
     return _NEEDS_ESCAPE.sub(_escape_one, text)
 
 
@@ -283,17 +288,19 @@ class TextRedactor:
         return out
 
 
-_HIGH_TAIL = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\Z")
+_HIGH_TAIL = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 UNDECIDED, JSON_MODE, TEXT_MODE = 0, 1, 2
+_JSON_WS = b" \t\n\r"
 
 
 class LongString:
     """A string value too long to hold, streamed through redaction; output is re-escaped.
 
     Fed raw string content (no quotes) in pieces that end on whole escapes and whole UTF-8
-    sequences. Text that starts with `{`/`[` is held until `string_window` code points are
-    known and parsed as JSON: a failure there makes the whole string text, a failure later
-    is a RedactionError (the start has been emitted). Anything else is text from the start.
+    sequences. Text that starts with `{`/`[` is held until `string_window` bytes of it
+    (unescaped, UTF-8) are known and parsed as JSON: a failure there makes the whole
+    string text, a failure later is a RedactionError (the start has been emitted).
+    Anything else is text from the start.
     """
 
     def __init__(self, engine, depth0: int, roots):
@@ -302,7 +309,7 @@ class LongString:
         self._depth0 = depth0
         self._roots = roots
         self._mode = UNDECIDED
-        self._held: list[str] = []
+        self._held: list[bytes] = []
         self._held_len = 0
         self._hold = b""
         self._inner = None
@@ -314,21 +321,20 @@ class LongString:
     def feed(self, raw: bytes) -> bytes:
         raw = self._hold + raw
         self._hold = b""
-        m = _HIGH_TAIL.search(raw)
-        if m is not None:
-            k = m.start()
+        k = len(raw) - 6
+        if k >= 0 and _HIGH_TAIL.match(raw, k) is not None:
             run = 0
             while k - run - 1 >= 0 and raw[k - run - 1] == 0x5C:
                 run += 1
             if run % 2 == 0:  # a real \uD8xx escape: its low half may come next
-                self._hold = raw[m.start():]
-                raw = raw[:m.start()]
-        return self._take(unescape(raw), False)
+                self._hold = raw[k:]
+                raw = raw[:k]
+        return self._take(self._engine.unescape_bytes(raw), False)
 
     def close(self) -> bytes:
-        text = unescape(self._hold) if self._hold else ""
+        tail = self._engine.unescape_bytes(self._hold) if self._hold else b""
         self._hold = b""
-        out = self._take(text, True)
+        out = self._take(tail, True)
         if self._mode == JSON_MODE:
             assert self._inner is not None
             out += self._quoted(self._inner.close())
@@ -343,46 +349,51 @@ class LongString:
             out = b'"' + out
         return out + b'"'
 
-    def _quoted(self, body: bytes) -> bytes:
-        return self._quoted_text(body.decode("utf-8"))
-
-    def _quoted_text(self, text: str) -> bytes:
-        out = escape(text).encode("utf-8")
+    def _opening(self, out: bytes) -> bytes:
         if not self._started and out:
             self._started = True
             return b'"' + out
         return out
 
-    def _take(self, text: str, final: bool) -> bytes:
+    def _quoted(self, body: bytes) -> bytes:
+        return self._opening(self._engine.escape_bytes(body))
+
+    def _quoted_text(self, text: str) -> bytes:
+        return self._opening(escape(text).encode("utf-8"))
+
+    def _take(self, data: bytes, final: bool) -> bytes:
+        """`data`: unescaped content, WTF-8 (lone surrogates in their 3-byte form)."""
         if self._mode == UNDECIDED:
-            if text:
-                self._held.append(text)
-                self._held_len += len(text)
-            held = "".join(self._held)
+            if data:
+                self._held.append(data)
+                self._held_len += len(data)
+            held = b"".join(self._held)
             self._held = [held] if held else []
-            head = held.lstrip(" \t\n\r")
+            head = held.lstrip(_JSON_WS)
             if not head and not final:
                 return b""
-            if not head.startswith(("{", "[")):
+            if head[:1] not in (b"{", b"["):
                 return self._to_text(held)
             window = self._plan.string_window
             if self._held_len < window and not final:
                 return b""
             return self._try_json(held[:window], held[window:], final)
+        if not data:
+            return b""
         if self._mode == JSON_MODE:
-            return self._quoted(self._inner.feed(text.encode("utf-8", "surrogatepass"))) if text else b""
-        return self._quoted_text(self._text.feed(text)) if text else b""
+            return self._quoted(self._inner.feed(data))
+        return self._quoted_text(self._text.feed(data.decode("utf-8", "surrogatepass")))
 
-    def _to_text(self, held: str) -> bytes:
+    def _to_text(self, held: bytes) -> bytes:
         self._mode = TEXT_MODE
         self._held = []
         self._text = TextRedactor(self._engine)
-        return self._quoted_text(self._text.feed(held))
+        return self._quoted_text(self._text.feed(held.decode("utf-8", "surrogatepass")))
 
-    def _try_json(self, head: str, rest: str, final: bool) -> bytes:
+    def _try_json(self, head: bytes, rest: bytes, final: bool) -> bytes:
         inner = self._engine.json(self._depth0, self._roots)
         try:
-            first = inner.feed(head.encode("utf-8", "surrogatepass"))
+            first = inner.feed(head)
             if final and not rest:
                 first += inner.close()
                 self._mode = JSON_MODE
@@ -398,7 +409,7 @@ class LongString:
         self._held = []
         out = self._quoted(first)
         if rest:
-            out += self._quoted(inner.feed(rest.encode("utf-8", "surrogatepass")))
+            out += self._quoted(inner.feed(rest))
         return out
 
 
@@ -441,6 +452,16 @@ class Engine:
 
     def text(self) -> TextRedactor:
         return TextRedactor(self)
+
+    @staticmethod
+    def unescape_bytes(raw: bytes) -> bytes:
+        """Validated string content -> its text as WTF-8."""
+        return unescape(raw).encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def escape_bytes(body: bytes) -> bytes:
+        """UTF-8 text (no lone surrogates) -> canonical JSON string content."""
+        return escape(body.decode("utf-8")).encode("utf-8")
 
 
 S_START, S_VALUE, S_VALUE_OR_END, S_KEY_OR_END, S_KEY, S_COLON, S_AFTER, S_DONE = range(8)
