@@ -4,12 +4,21 @@ The store is the truth: an approval is the `approval.requested` event plus the `
 events that name its `approval_id`. Every process (each worker, and the parent that serves the
 admin socket) keeps an in-memory index derived from those events:
 
-- `start()` rebuilds it by scanning the store once (only events whose bytes contain
-  `"type":"approval.` are decoded);
+- `start()` rebuilds it by scanning the store once (only events whose bytes start with
+  `{"approval_id":` are decoded: see `_MARK`);
 - a watcher polls the store head every `poll_interval` (50 ms) and applies only the new range,
   so a decision taken in one process reaches a call held in another within ~one poll;
 - a process applies its own appends at once (it reads up to the committed seq right after the
   append returns), so its own answers never lag.
+
+## Events written
+
+`approval.requested` (records.approval_requested plus `caller` {subject, groups, auth, name},
+`function`, `request_hash`, `summary` (the masked method/path/args reviewers see) and `deadline`);
+`approval.decided` (records.approval_decided) with outcome `approved` / `denied` (one per reviewer,
+with the reviewer and comment), `expired`, `withdrawn` (comment = why), `used` (`used_in` = the
+retried call's request id). All in the session of the call that asked, so `sessions.show` of that
+call tells the whole story.
 
 ## Derivation (the same in every process, because it depends on event order only)
 
@@ -59,6 +68,7 @@ import heapq
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -73,9 +83,12 @@ from fastgate.store import StoreForked, StoreUnavailable
 
 __all__ = ["ApprovalRefused", "Approvals", "new_approval_id"]
 
-_MARK = b'"type":"approval.'
+# Stored events are canonical JSON with sorted keys, and no key of an approval event sorts before
+# `approval_id`, so every approval event starts with these bytes; other events do not (call.started
+# has `approval`, which sorts first). An O(1) filter: the watcher reads every event of every worker.
+_MARK = b'{"approval_id":'
 _MAX_READ = 4096             # events per store read in the event loop (more: next loop turn)
-_SUMMARY_INLINE = 4096       # bytes of a stored requested event above which the summary stays on disk
+_EXPIRE_BATCH = 256          # expiries started per timer turn (a burst is spread over loop turns)
 _IN_STORE = object()
 _ID_MAX = 64
 _TEXT_MAX = 4096
@@ -118,25 +131,48 @@ def _clamp(seconds: float, lo: int, hi: int) -> int:
 class _Approval:
     """One approval as derived from its events (see the module docstring)."""
 
-    __slots__ = ("id", "seq", "session", "function", "rule", "caller", "reviewers", "quorum", "mode",
-                 "requested_at", "deadline", "deadline_ts", "request_hash", "summary", "state",
-                 "votes", "history", "decided_at", "decided_by", "own", "claimed", "expiring", "waiters")
+    __slots__ = (
+        "caller",
+        "claimed",
+        "deadline",
+        "deadline_ts",
+        "decided_at",
+        "decided_by",
+        "expiring",
+        "function",
+        "history",
+        "id",
+        "mode",
+        "own",
+        "quorum",
+        "request_hash",
+        "requested_at",
+        "reviewers",
+        "rule",
+        "seq",
+        "session",
+        "state",
+        "summary",
+        "votes",
+        "waiters",
+    )
 
-    def __init__(self, ev: dict[str, Any], seq: int | None, summary: Any) -> None:
+    def __init__(self, ev: dict[str, Any], seq: int | None, caller: dict[str, Any],
+                 reviewers: tuple[str, ...], summary: Any) -> None:
         self.id: str = ev["approval_id"]
         self.seq = seq
         self.session: str = ev["session"]
-        self.function: str | None = ev.get("function")
-        self.rule: str | None = ev.get("rule")
-        self.caller: dict[str, Any] = ev.get("caller") or {}
-        self.reviewers: tuple[str, ...] = tuple(ev.get("reviewers") or ())
+        self.function: str | None = _intern(ev.get("function"))
+        self.rule: str | None = _intern(ev.get("rule"))
+        self.caller = caller
+        self.reviewers = reviewers
         self.quorum: int = int(ev.get("quorum") or 1)
-        self.mode: str = ev.get("mode") or "hold"
+        self.mode: str = "async" if ev.get("mode") == "async" else "hold"
         self.requested_at: str = ev["ts"]
         self.deadline_ts: str = ev["deadline"]
         self.deadline: float = records.ts_to_epoch(self.deadline_ts)
         self.request_hash: str | None = ev.get("request_hash")
-        self.summary = summary
+        self.summary = summary     # _IN_STORE: read back from event `seq` when shown
         self.state = "pending"
         self.votes: list[str] | None = None
         self.history: list[tuple[int | None, str, str | None, str | None, str, bool]] | None = None
@@ -148,12 +184,16 @@ class _Approval:
         self.waiters: list[asyncio.Future] | None = None
 
     @property
-    def caller_key(self) -> tuple[str, str]:
+    def caller_key(self) -> tuple[str | None, str | None]:
         return (self.caller.get("subject"), self.caller.get("auth"))
 
     def open(self) -> bool:
         """Can still change by expiry: pending, or granted in async mode and not yet used."""
         return self.state == "pending" or (self.state == "approved" and self.mode == "async")
+
+
+def _intern(value: Any) -> Any:
+    return sys.intern(value) if isinstance(value, str) else value
 
 
 def _wait_result(state: str) -> str | None:
@@ -178,14 +218,16 @@ class Approvals:
         self.poll_interval = poll_interval
         self.retain = retain
         self._grace = expiry_grace * (1.0 + random.random())   # spread the fallback writers apart
-        self._notify_opts = {"backoff": notify_backoff, "timeout": notify_timeout, "max_queue": notify_queue}
+        self._notify_backoff, self._notify_timeout, self._notify_queue = notify_backoff, notify_timeout, notify_queue
         self._index: dict[str, _Approval] = {}
         self._heap: list[tuple[float, str]] = []
+        self._interned: dict[Any, Any] = {}
+        self._callers: dict[tuple, dict[str, Any]] = {}
         self._last_seq = 0
         self._pending = 0
-        self._pending_by: dict[tuple[str, str], int] = {}
+        self._pending_by: dict[tuple[str | None, str | None], int] = {}
         self._reserved = 0
-        self._reserved_by: dict[tuple[str, str], int] = {}
+        self._reserved_by: dict[tuple[str | None, str | None], int] = {}
         self._waiting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -257,8 +299,8 @@ class Approvals:
             self._notifier.target = target
 
     def _new_notifier(self, target: Target) -> Notifier:
-        return Notifier(target, log=self.log, max_queue=self._notify_opts["max_queue"],
-                        backoff=self._notify_opts["backoff"], timeout=self._notify_opts["timeout"])
+        return Notifier(target, log=self.log, max_queue=self._notify_queue, backoff=self._notify_backoff,
+                        timeout=self._notify_timeout)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -273,18 +315,21 @@ class Approvals:
 
     # ------------------------------------------------------------------ reading the store
     def _rebuild(self) -> None:
-        with self.store.read() as snap:
-            head, _ = snap.head()
-            for seq, raw in snap.events(1, head):
-                if _MARK in raw:
-                    self._apply_raw(seq, raw)
-            self._last_seq = head
+        try:
+            with self.store.read() as snap:
+                head, _ = snap.head()
+                for seq, raw in snap.events(1, head):
+                    if raw.startswith(_MARK):
+                        self._apply_raw(seq, raw)
+                self._last_seq = head
+        except lmdb.Error as exc:
+            raise StoreUnavailable(f"store read failed: {exc}") from None
         self._prune(time.time())
 
     def _apply_raw(self, seq: int, raw: bytes) -> None:
         try:
             ev = orjson.loads(raw)
-            self._apply(ev, seq, len(raw))
+            self._apply(ev, seq)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             self._log("warning", "skipped a malformed approval event", seq=seq, error=str(exc))
 
@@ -297,7 +342,7 @@ class Approvals:
                     return 0
                 end = min(head, self._last_seq + limit)
                 for seq, raw in snap.events(self._last_seq + 1, end):
-                    if _MARK in raw:
+                    if raw.startswith(_MARK):
                         self._apply_raw(seq, raw)
                 self._last_seq = end
                 return head - end
@@ -306,9 +351,14 @@ class Approvals:
 
     def _catch_up_to(self, seq: int) -> None:
         while self._last_seq < seq:
+            before = self._last_seq
             self._read_new(1 << 30)
+            if self._last_seq == before:
+                raise StoreUnavailable(f"event {seq} was committed but is not visible in the store")
 
     def _poll(self) -> None:
+        if self._closed:
+            return
         try:
             remaining = self._read_new()
         except StoreUnavailable as exc:
@@ -326,10 +376,13 @@ class Approvals:
         next_prune = time.monotonic() + 60.0
         while True:
             await asyncio.sleep(self.poll_interval)
-            self._poll()
-            if time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + 60.0
-                self._prune(time.time())
+            try:
+                self._poll()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + 60.0
+                    self._prune(time.time())
+            except Exception as exc:  # noqa: BLE001 - a dead watcher would strand every held call
+                self._log("error", "approvals watcher failed; continuing", error=repr(exc))
 
     def _prune(self, now: float) -> None:
         gone = [aid for aid, e in self._index.items()
@@ -338,15 +391,34 @@ class Approvals:
             del self._index[aid]
 
     # ------------------------------------------------------------------ derivation
-    def _apply(self, ev: dict[str, Any], seq: int | None, size: int = 0) -> None:
+    def _shared(self, value: Any) -> Any:
+        """One copy of values that repeat across approvals (reviewer lists)."""
+        if len(self._interned) > 50_000:
+            self._interned.clear()
+        return self._interned.setdefault(value, value)
+
+    def _shared_caller(self, caller: Any) -> dict[str, Any]:
+        """One (read-only) caller dict per distinct caller, not one per approval."""
+        c = caller if isinstance(caller, dict) else {}
+        key = (c.get("subject"), c.get("auth"), c.get("name"), tuple(c.get("groups") or ()))
+        found = self._callers.get(key)
+        if found is None:
+            if len(self._callers) > 50_000:
+                self._callers.clear()
+            found = self._callers[key] = {"subject": _intern(key[0]), "groups": list(key[3]),
+                                          "auth": _intern(key[1]), "name": key[2]}
+        return found
+
+    def _apply(self, ev: dict[str, Any], seq: int | None) -> None:
         etype, aid = ev.get("type"), ev.get("approval_id")
         if not isinstance(aid, str):
             return
         if etype == "approval.requested":
             if aid in self._index:
                 return
-            summary = ev.get("summary") if size <= _SUMMARY_INLINE else _IN_STORE
-            entry = _Approval(ev, seq, summary)
+            entry = _Approval(ev, seq, self._shared_caller(ev.get("caller")),
+                              self._shared(tuple(str(r) for r in ev.get("reviewers") or ())),
+                              _IN_STORE if seq is not None else ev.get("summary"))
             self._index[aid] = entry
             self._pending += 1
             key = entry.caller_key
@@ -356,9 +428,10 @@ class Approvals:
             return
         if etype != "approval.decided":
             return
-        entry = self._index.get(aid)
-        if entry is None:
+        found = self._index.get(aid)
+        if found is None:
             return
+        entry = found
         outcome, reviewer = ev.get("outcome"), ev.get("reviewer")
         before = entry.state
         counted = False
@@ -408,7 +481,7 @@ class Approvals:
         self._poll()                          # another process may have closed some already
         now = time.time()
         due: list[_Approval] = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and len(due) < _EXPIRE_BATCH:
             when, aid = heapq.heappop(self._heap)
             entry = self._index.get(aid)
             if entry is None or not entry.open() or entry.expiring:
@@ -431,6 +504,12 @@ class Approvals:
         results = await asyncio.gather(*(self._append(ev) for ev in events), return_exceptions=True)
         for entry, ev, result in zip(due, events, results):
             entry.expiring = False
+            counted = False
+            if not isinstance(result, BaseException):
+                try:
+                    counted = await self._settle(entry, result, ev)
+                except StoreUnavailable as exc:
+                    result = exc
             if isinstance(result, BaseException):
                 self._log("error", "could not record an approval's expiry; retrying in 1 s",
                           approval=entry.id, error=str(result))
@@ -440,10 +519,6 @@ class Approvals:
                 entry.waiters = None
                 heapq.heappush(self._heap, (time.time() + 1.0, entry.id))
                 self._arm(self._heap[0][0])
-                continue
-            try:
-                counted = await self._settle(entry, result, ev)
-            except StoreUnavailable:
                 continue
             if counted:
                 self._counts["expired"] += 1
@@ -644,11 +719,16 @@ class Approvals:
         chosen: Iterable[_Approval] = pending + rest
         if want is not None:
             chosen = (e for e in chosen if e.state == want)
-        out = []
-        for entry in chosen:
-            if len(out) >= limit:
-                break
-            out.append(self._view(entry))
+        out: list[dict[str, Any]] = []
+        with contextlib.ExitStack() as stack:
+            try:
+                snap = stack.enter_context(self.store.read())      # one read for every summary
+            except StoreUnavailable:
+                snap = None
+            for entry in chosen:
+                if len(out) >= limit:
+                    break
+                out.append(self._view(entry, snap=snap))
         return out
 
     async def admin_show(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -695,28 +775,34 @@ class Approvals:
         self._counts["decided"] += 1
         if entry.state != "pending":
             self._notify("approval.decided", entry)
-        return self._view(entry)
+        return self._view(entry, full=True)
 
     # ------------------------------------------------------------------ views
-    def _summary(self, entry: _Approval) -> Any:
+    def _summary(self, entry: _Approval, snap: Any = None) -> Any:
         if entry.summary is not _IN_STORE:
             return entry.summary
+        if entry.seq is None:
+            return None
         try:
-            with self.store.read() as snap:
-                ev = snap.event(entry.seq) if entry.seq is not None else None
+            if snap is not None:
+                ev = snap.event(entry.seq)
+            else:
+                with self.store.read() as own:
+                    ev = own.event(entry.seq)
         except (StoreUnavailable, lmdb.Error, StoreForked):
             return None
         return ev.get("summary") if ev else None
 
-    def _view(self, entry: _Approval, *, full: bool = False, summary: Any = _IN_STORE) -> dict[str, Any]:
+    def _view(self, entry: _Approval, *, full: bool = False, summary: Any = _IN_STORE,
+              snap: Any = None) -> dict[str, Any]:
         votes = [{"reviewer": h[2], "comment": h[3], "ts": h[4]}
                  for h in entry.history or () if h[5] and h[1] == "approved"]
         view: dict[str, Any] = {
-            "id": entry.id, "state": entry.state, "function": entry.function, "caller": entry.caller,
+            "id": entry.id, "state": entry.state, "function": entry.function, "caller": dict(entry.caller),
             "rule": entry.rule, "requested_at": entry.requested_at, "deadline": entry.deadline_ts,
             "quorum": entry.quorum, "approvals": votes, "reviewers": list(entry.reviewers), "mode": entry.mode,
             "decided_at": entry.decided_at, "decided_by": entry.decided_by, "session": entry.session,
-            "summary": self._summary(entry) if summary is _IN_STORE else summary}
+            "summary": self._summary(entry, snap) if summary is _IN_STORE else summary}
         if full:
             view["request_hash"] = entry.request_hash
             view["decisions"] = [{"seq": h[0], "outcome": h[1], "reviewer": h[2], "comment": h[3], "ts": h[4],

@@ -140,11 +140,7 @@ SEPARATORS = frozenset([
 ])
 MAX_SEP_RUN = 3
 # File extensions that look like TLDs after an '@' (`icon@2x.png`, `pkg@1.2.tgz`).
-FILE_EXTENSIONS = frozenset("""
-png jpg jpeg gif svg webp ico bmp tif tiff avif heic pdf css js mjs cjs ts tsx jsx json xml html htm
-txt md csv zip gz tgz tar bz xz rar mp mp3 mp4 wav mov webm ogg woff woff2 ttf otf eot map py rb go rs
-java kt c h cpp hpp cs sh yaml yml toml lock log ini cfg conf bak tmp exe dll so dylib wasm
-""".split())
+FILE_EXTENSIONS = frozenset(["png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tif", "tiff", "avif", "heic", "pdf", "css", "js", "mjs", "cjs", "ts", "tsx", "jsx", "json", "xml", "html", "htm", "txt", "md", "csv", "zip", "gz", "tgz", "tar", "bz", "xz", "rar", "mp", "mp3", "mp4", "wav", "mov", "webm", "ogg", "woff", "woff2", "ttf", "otf", "eot", "map", "py", "rb", "go", "rs", "java", "kt", "c", "h", "cpp", "hpp", "cs", "sh", "yaml", "yml", "toml", "lock", "log", "ini", "cfg", "conf", "bak", "tmp", "exe", "dll", "so", "dylib", "wasm"])
 AWS_PREFIXES = frozenset(["AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA",
                           "AROA", "APKA"])
 IBAN_LENGTHS = {
@@ -599,14 +595,13 @@ def _secret(s: list[int], i: int, n: int) -> Span | None:
             if e - i - 5 >= SLACK_MIN:
                 return (i, e, T_SECRET)
         return None
-    if c == 65 and i + 20 <= n:  # A: AWS access key id
-        if "".join(chr(x) for x in s[i:i + 4]) in AWS_PREFIXES:
-            for p in range(i + 4, i + 20):
-                if not (_flag(s[p], F_UPPER) or _flag(s[p], F_DIGIT)):
-                    return None
-            if i + 20 < n and is_word(s[i + 20]):
+    if c == 65 and i + 20 <= n and "".join(chr(x) for x in s[i:i + 4]) in AWS_PREFIXES:  # AWS key id
+        for p in range(i + 4, i + 20):
+            if not (_flag(s[p], F_UPPER) or _flag(s[p], F_DIGIT)):
                 return None
-            return (i, i + 20, T_SECRET)
+        if i + 20 < n and is_word(s[i + 20]):
+            return None
+        return (i, i + 20, T_SECRET)
     return None
 
 
@@ -706,7 +701,7 @@ class MaskFormat:
 
     def __init__(self, fmt: str, hash_key: bytes | None = None):
         if not isinstance(fmt, str):
-            raise ValueError("mask must be a string")
+            raise TypeError("mask must be a string")
         try:
             names = {name for _, name, _, _ in string.Formatter().parse(fmt) if name is not None}
         except ValueError as exc:

@@ -35,6 +35,19 @@ coding raises RedactionError from `stream()`; a truncated or corrupt stream rais
 
 After a RedactionError a Stream refuses further input. `status_hint` is 502: the pipeline
 answers 502 if the response head has not left, else aborts the connection.
+
+What is masked (rules in `fastgate._core.redact_py`, detectors in `fastgate.pii`): a value
+a selector names becomes the mask as a JSON string whatever its type; detectors run over
+every key and string value (after JSON unescaping) and over integer tokens (cards only);
+JSON serialized inside a string (MCP `content[].text`) is redacted as a document and put
+back. Memory is bounded: only an incomplete token is held, strings longer than 64 KiB are
+streamed through the detectors (or, if they hold JSON, through a nested redactor).
+
+Masks: a `str.format` string with `{type}` (detector type, custom detector name, or
+`field` for a selector match), `{last4}` (last four letters or digits of the masked
+value) and `{hash}` (12 hex digits of HMAC-SHA256 under `hash_key`: equal values give
+equal tokens, for correlation). Examples: `[REDACTED:{type}]` (default), `****{last4}`,
+`<{type}:{hash}>`. Masks of a masked object or array leave {last4} and {hash} empty.
 """
 from __future__ import annotations
 
@@ -61,7 +74,7 @@ _TEXT_TYPES = frozenset(["application/xml", "application/javascript", "applicati
                          "application/ecmascript", "application/x-www-form-urlencoded", "application/yaml",
                          "application/x-yaml", "application/graphql", "application/sql"])
 _UTF8 = frozenset(["utf-8", "utf8", "us-ascii", "ascii"])
-_WIDE_CHARSET = re.compile(r"(?:utf|ucs)-?(?:16|32|2|4)", re.I)
+_WIDE_CHARSET = re.compile(r"(?:utf|ucs)-?(?:16|32|2|4)", re.IGNORECASE)
 
 
 def _media(content_type: str | None) -> tuple[str | None, str | None]:

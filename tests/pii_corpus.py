@@ -102,9 +102,9 @@ def phone(rng: random.Random) -> str:
         f"1-{a}-{x}-{line}", f"+1{a}{x}{line}", f"+1 ({a}) {x}-{line}",
         f"+44 20 {rng.randint(7000, 8999)} {rng.randint(0, 9999):04d}", f"020 {rng.randint(7000, 8999)} {line}",
         f"07{rng.randint(100, 999)} {rng.randint(100000, 999999)}", f"+49 30 {rng.randint(1000000, 99999999)}",
-        f"030 {rng.randint(10000000, 99999999)}", f"+33 1 {rng.randint(10, 99)} {rng.randint(10, 99)} "
-        f"{rng.randint(10, 99)} {rng.randint(10, 99)}", f"01 {rng.randint(10, 99)} {rng.randint(10, 99)} "
-        f"{rng.randint(10, 99)} {rng.randint(10, 99)}",
+        f"030 {rng.randint(10000000, 99999999)}",
+        f"+33 1 {rng.randint(10, 99)} {rng.randint(10, 99)} {rng.randint(10, 99)} {rng.randint(10, 99)}",
+        f"01 {rng.randint(10, 99)} {rng.randint(10, 99)} {rng.randint(10, 99)} {rng.randint(10, 99)}",
     ])
 
 
@@ -272,9 +272,7 @@ def lookalike(rng: random.Random) -> str:
     return f"{rng.randint(0, 99)}.{rng.randint(0, 99)}%"
 
 
-WORDS = ("the customer asked about their order and the refund status was updated by support after review "
-         "shipping delayed due to weather please confirm the address before dispatch invoice attached notes "
-         "meeting moved to thursday account verified no further action needed escalated to tier two").split()
+WORDS = ["the", "customer", "asked", "about", "their", "order", "and", "the", "refund", "status", "was", "updated", "by", "support", "after", "review", "shipping", "delayed", "due", "to", "weather", "please", "confirm", "the", "address", "before", "dispatch", "invoice", "attached", "notes", "meeting", "moved", "to", "thursday", "account", "verified", "no", "further", "action", "needed", "escalated", "to", "tier", "two"]
 
 
 def filler(rng: random.Random, n: int | None = None) -> str:

@@ -18,7 +18,7 @@ from fastgate import pii
 from fastgate.redaction import Redactor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pii_corpus  # noqa: E402
+import pii_corpus
 
 STRUCTURED = ("email", "credit_card", "us_ssn", "tax_id", "secret_token")  # recall must be 1.0
 OTHERS = ("phone", "iban")

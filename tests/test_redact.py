@@ -229,13 +229,9 @@ def test_custom_span_overlapping_builtin_fuses(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_mask_last4(impl):
-    red = build(impl, ["$.ssn"], ALL, mask="****{last4}")
-    out, _ = run(red, b'{"ssn":"123-45-6789","n":"card 4111-1111-1111-1234 ok","m":[1]}')
-    card = "4111-1111-1111-1234"
-    assert pii.card_ok([int(c) for c in card if c.isdigit()]) or True
-    got = json.loads(out)
-    assert got["ssn"] == "****6789"
-    assert got["m"] == [1]
+    red = build(impl, ["$.ssn", "$.m"], ALL, mask="****{last4}")
+    out, _ = run(red, b'{"ssn":"123-45-6789","n":"card 4111-1111-1111-1111 ok","m":[1]}')
+    assert json.loads(out) == {"ssn": "****6789", "n": "card ****1111 ok", "m": "****"}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -257,6 +253,22 @@ def test_idempotent_on_masked_output(impl, mask):
     doc = b'{"s":"123-45-6789","o":{"x":1},"t":"mail ann@example.com card 4111 1111 1111 1111"}'
     once = run(red, doc)[0]
     assert run(red, once)[0] == once
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("text", "expected"), [
+    # found by hypothesis: masking one entity changed its neighbour's boundary, so a second
+    # pass found more; the masked text is now scanned until nothing new is found
+    ("ann@example.com.DE89 3704 0044 0532 0130 00", "[REDACTED:email].[REDACTED:iban]"),
+    ("ann@example.comann@example.comann@example.com+44 20 7946 0958",
+     "[REDACTED:email]@[REDACTED:email][REDACTED:phone]"),
+    ("+44 20 7946 0958ann@x.com", "[REDACTED:phone] [REDACTED:email]"),
+])
+def test_glued_entities_reach_a_fixed_point(impl, text, expected):
+    red = build(impl, [], ALL)
+    once = run(red, json.dumps({"t": text}).encode())[0]
+    assert run(red, once)[0] == once
+    assert json.loads(once)["t"] == expected
 
 
 # --------------------------------------------------------------------------- JSON inside strings
@@ -387,7 +399,7 @@ def test_token_bounds(impl):
 
 # Tiny windows so short documents exercise the streamed paths. `ahead` must cover the
 # longest match that has to be seen whole (an email, a PEM header): 96 here, 16 Ki live.
-SMALL = dict(string_window=64, block=32, ahead=96, behind=8)
+SMALL = {"string_window": 64, "block": 32, "ahead": 96, "behind": 8}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -552,7 +564,7 @@ def test_text_overlap_window(impl):
 def test_text_keeps_undecodable_bytes(impl):
     red = build(impl, [], ["email"])
     data = b"caf\xe9 \xff ann@example.com \xe2\x82\xac"
-    out, stream = run(red, bytewise(data), "text/plain; charset=latin-1")
+    out, _ = run(red, bytewise(data), "text/plain; charset=latin-1")
     assert out == b"caf\xe9 \xff [REDACTED:email] \xe2\x82\xac"
     with pytest.raises(RedactionError):
         red.stream("text/plain; charset=utf-16le")

@@ -24,7 +24,7 @@ from fastgate._core import compiled, reference
 from fastgate.redaction import RedactionError, Redactor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pii_corpus  # noqa: E402
+import pii_corpus
 
 NO_EXTENSIONS = bool(os.environ.get("FASTGATE_NO_EXTENSIONS"))
 PY = reference("redact")
@@ -50,8 +50,8 @@ SELECTOR_SETS = [
     ["$.*", "$..email"],
     ["$.result.content[*].text.results[0]", "$..iban", "$[*]"],
 ]
-SMALL = dict(string_window=64, block=32, ahead=96, behind=8)
-PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+SMALL = {"string_window": 64, "block": 32, "ahead": 96, "behind": 8}
+PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.data_too_large])
 
 
@@ -106,6 +106,27 @@ def strings_of(value, out: list[str]) -> list[str]:
     return out
 
 
+class _Members(list):
+    """An object as its list of members: duplicates kept, order kept."""
+
+
+def _pairs(data: bytes):
+    return json.loads(data.decode("utf-8", "surrogatepass"), object_pairs_hook=_Members)
+
+
+def same_shape(before, after) -> bool:
+    """Same structure; a value may only turn into a string (its mask)."""
+    if isinstance(after, str) and not isinstance(before, str):
+        return True
+    if isinstance(before, _Members):
+        return isinstance(after, _Members) and len(before) == len(after) and all(
+            same_shape(b, a) for (_, b), (_, a) in zip(before, after))
+    if isinstance(before, list):
+        return isinstance(after, list) and len(before) == len(after) and all(
+            same_shape(b, a) for b, a in zip(before, after))
+    return type(before) is type(after) and (isinstance(before, str) or before == after)
+
+
 CORPUS = pii_corpus.corpus(seed=7, n=8, size=3000) + pii_corpus.corpus(seed=8, n=4, size=3000, pii=False)
 
 
@@ -143,7 +164,7 @@ def test_corpus_small_windows_compiled_equals_reference():
 def test_no_planted_secret_survives(impl):
     r = red(impl, ["$..ssn"])
     for doc in CORPUS:
-        out, masked, _ = whole(r, doc.data)
+        out = whole(r, doc.data)[0]
         strings = strings_of(json.loads(out), [])
         for secret in pii_corpus.planted_secrets(doc):
             assert not any(secret in s for s in strings), secret
@@ -267,7 +288,7 @@ values = st.recursive(
     lambda kids: st.one_of(st.lists(kids, max_size=4),
                            st.lists(st.tuples(st.sampled_from(KEYS), kids), max_size=4).map(Obj),
                            kids.map(lambda v: Raw(dump(v, False, False, 0)))),
-    max_leaves=16)
+    max_leaves=24)
 
 
 def dump(v, ascii_only: bool, escape_keys: bool, ws: int) -> str:
@@ -276,8 +297,8 @@ def dump(v, ascii_only: bool, escape_keys: bool, ws: int) -> str:
         members = []
         for k, x in v.pairs:
             key = json.dumps(k, ensure_ascii=ascii_only)
-            if escape_keys and k:
-                key = '"\\u%04x' % ord(k[0]) + key[2:] if ord(k[0]) < 0xD800 else key
+            if escape_keys and k[:1].isalnum() and k[0].isascii():  # "\u0073sn" for "ssn"
+                key = f'"\\u{ord(k[0]):04x}' + key[2:]
             members.append(f"{key}{sep}:{sep}{dump(x, ascii_only, escape_keys, ws)}")
         return "{" + ("," + sep).join(members) + "}"
     if isinstance(v, list):
@@ -306,8 +327,7 @@ def test_hypothesis_compiled_equals_reference(doc, selectors, mask, detectors):
     expected = whole(rp, doc)
     assert whole(rc, doc) == expected
     if expected[0] != "error":
-        out = json.loads(expected[0])
-        assert type(out) is type(json.loads(doc.decode("utf-8", "surrogatepass")))
+        assert same_shape(_pairs(doc), _pairs(expected[0]))
         assert whole(rp, expected[0])[0] == expected[0]  # idempotent
 
 
@@ -340,7 +360,7 @@ detector_texts = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size
 
 
 @needs_c
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(text=detector_texts, enabled=st.integers(1, 63), begin=st.integers(0, 8), pem=st.booleans())
 def test_hypothesis_detect_compiled_equals_reference(text, enabled, begin, pem):
     begin = min(begin, len(text))

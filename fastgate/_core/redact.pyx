@@ -17,7 +17,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 
 from fastgate import pii as _pii
 from fastgate._core import redact_py as _ref
-from fastgate._core.redact_py import (DEFAULT_MASK, FATAL, MAX_DEPTH, MAX_TOKEN, STRING_WINDOW,
+from fastgate._core.redact_py import (DEFAULT_MASK, FATAL, MAX_DEPTH, MAX_PASSES, MAX_TOKEN, STRING_WINDOW,
                                       LongString, Plan, RedactionError, TextRedactor, apply, escape,
                                       unescape)
 
@@ -183,6 +183,28 @@ cdef inline int buf_byte(Buf* b, unsigned char c) except -1:
 
 cdef inline int buf_bytes(Buf* b, bytes data) except -1:
     return buf_put(b, <const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+
+cdef struct UBuf:
+    u4* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int ubuf_room(UBuf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap
+    cdef u4* p
+    if b.n + extra <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 64
+    while cap < b.n + extra:
+        cap *= 2
+    p = <u4*>realloc(b.p, cap * sizeof(u4))
+    if p == NULL:
+        raise MemoryError()
+    b.p = p
+    b.cap = cap
+    return 0
 
 
 cdef struct Work:
@@ -810,25 +832,6 @@ cdef inline uint64_t special8(const unsigned char* p) noexcept nogil:
     return (v & HIGHS) | ((v - SPACES) & ~v & HIGHS) | ((q - ONES) & ~q & HIGHS) | ((b - ONES) & ~b & HIGHS)
 
 
-cdef inline bint plain8(const unsigned char* p) noexcept nogil:
-    """None of 8 bytes is a quote, a backslash, a control byte or non-ASCII (SWAR)."""
-    cdef uint64_t v, q, b
-    memcpy(&v, p, 8)
-    q = v ^ QUOTES
-    b = v ^ BACKSLASHES
-    return ((v & HIGHS) | ((v - SPACES) & ~v & HIGHS) | ((q - ONES) & ~q & HIGHS)
-            | ((b - ONES) & ~b & HIGHS)) == 0
-
-
-cdef inline bint clean8(const unsigned char* p) noexcept nogil:
-    """None of 8 bytes needs escaping: no quote, backslash or control byte (SWAR)."""
-    cdef uint64_t v, q, b
-    memcpy(&v, p, 8)
-    q = v ^ QUOTES
-    b = v ^ BACKSLASHES
-    return (((v - SPACES) & ~v & HIGHS) | ((q - ONES) & ~q & HIGHS) | ((b - ONES) & ~b & HIGHS)) == 0
-
-
 cdef unsigned char ESC[128]   # 0: copy; else the escape letter ('u' for \u00xx)
 cdef unsigned char STRPLAIN[256]  # plain string byte: no quote, backslash, control or non-ASCII
 cdef unsigned char TRIG[256]      # bytes without which no built-in detector can match
@@ -940,6 +943,22 @@ cdef int put_cp(Buf* b, u4 c) except -1:
         b.p[b.n + 2] = 0x80 | ((c >> 6) & 0x3F)
         b.p[b.n + 3] = 0x80 | (c & 0x3F)
         b.n += 4
+    return 0
+
+
+cdef int put_escaped_ucs4(Buf* b, const u4* s, Py_ssize_t n) except -1:
+    """Canonical escape of code points as UTF-8 (put_cp for a whole run)."""
+    cdef Py_ssize_t k
+    cdef u4 c
+    if b.n + 6 * n > b.cap:
+        buf_grow(b, b.n + 6 * n)
+    for k in range(n):
+        c = s[k]
+        if c < 128 and ESC[c] == 0:
+            b.p[b.n] = <unsigned char>c
+            b.n += 1
+        else:
+            put_cp(b, c)
     return 0
 
 
@@ -1143,6 +1162,7 @@ cdef class Engine:
     cdef const char* sname[NWMAX * 64]
     cdef Py_ssize_t slen[NWMAX * 64]
     cdef list _masks          # escaped mask per type code (simple masks)
+    cdef list _masks32        # the same masks as UTF-32 code points
     cdef bytes _field_mask
     cdef object _slots        # kind name -> count slot
     cdef list _slot_names
@@ -1196,6 +1216,7 @@ cdef class Engine:
         self.ntypes = len(plan.type_names)
         self.nsel = len(plan.selectors)
         self._masks = [escape(plan.mask.render(t)).encode("utf-8") for t in plan.type_names]
+        self._masks32 = [plan.mask.render(t).encode("utf-32-le", "surrogatepass") for t in plan.type_names]
         self._field_mask = escape(plan.mask.render(_pii.FIELD)).encode("utf-8")
         self._slot_names = list(plan.type_names) + list(plan.selectors)
         self._slots = {name: k for k, name in enumerate(self._slot_names)}
@@ -1329,6 +1350,8 @@ cdef class JsonRedactor:
     cdef u4* ub
     cdef Py_ssize_t ucap
     cdef Work w
+    cdef UBuf fa
+    cdef UBuf fb
     cdef object longstr
     cdef const char* lit
     cdef const unsigned char* cur
@@ -1345,6 +1368,8 @@ cdef class JsonRedactor:
         memset(&self.out, 0, sizeof(Buf))
         memset(&self.sc, 0, sizeof(Buf))
         memset(&self.w, 0, sizeof(Work))
+        memset(&self.fa, 0, sizeof(UBuf))
+        memset(&self.fb, 0, sizeof(UBuf))
         self.ub = NULL
         self.ucap = 0
         self.ckind = <unsigned char*>malloc(cap)
@@ -1360,6 +1385,8 @@ cdef class JsonRedactor:
         free(self.out.p)
         free(self.sc.p)
         free(self.ub)
+        free(self.fa.p)
+        free(self.fb.p)
         work_free(&self.w)
         free(self.ckind)
         free(self.cstates)
@@ -1932,6 +1959,10 @@ cdef class JsonRedactor:
         """Detectors over a key or string value; writes the masked string or keeps it."""
         cdef Engine e = self.eng
         cdef Py_ssize_t n = ulen, k
+        cdef int passes
+        cdef UBuf* cur
+        cdef UBuf* nxt
+        cdef UBuf* tmp
         if not e.detecting or ulen == 0:
             return self._verbatim(content, clen)
         if wide:
@@ -1954,25 +1985,41 @@ cdef class JsonRedactor:
                 if k < n:
                     detect(u, n, e.enabled, 0, False, &self.w)
         if e.has_custom:
-            self._custom_spans(u, n, wide)
+            self._custom_spans(self.ub if wide else NULL, u, n)
         if self.w.nsp == 0:
             return self._verbatim(content, clen)
+        # mask, then detect again on the masked text until nothing new (redact_py.fixpoint)
+        cur = &self.fa
+        nxt = &self.fb
+        if wide:
+            self._apply(<const u4*>self.ub, n, cur)
+        else:
+            self._apply(u, n, cur)
+        for passes in range(MAX_PASSES - 1):
+            self.w.nsp = 0
+            if e.enabled:
+                detect(<const u4*>cur.p, cur.n, e.enabled, 0, False, &self.w)
+            if e.has_custom:
+                self._custom_spans(cur.p, NULL, cur.n)
+            if self.w.nsp == 0:
+                break
+            self._apply(<const u4*>cur.p, cur.n, nxt)
+            tmp = cur
+            cur = nxt
+            nxt = tmp
         self._replace_start()
         buf_byte(&self.out, 34)
-        if wide:
-            self._write_masked(<const u4*>self.ub, n)
-        else:
-            self._write_masked(u, n)
+        put_escaped_ucs4(&self.out, cur.p, cur.n)
         buf_byte(&self.out, 34)
         self._replace_end(self.tokend)
         return 0
 
-    cdef int _custom_spans(self, const unsigned char* u, Py_ssize_t n, int wide) except -1:
+    cdef int _custom_spans(self, const u4* s32, const unsigned char* s8, Py_ssize_t n) except -1:
         cdef Py_ssize_t k
-        if wide:
-            text = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, self.ub, n)
+        if s32 != NULL:
+            text = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, s32, n)
         else:
-            text = PyUnicode_DecodeASCII(<const char*>u, n, NULL)
+            text = PyUnicode_DecodeASCII(<const char*>s8, n, NULL)
         builtin = [(self.w.sp[3 * k], self.w.sp[3 * k + 1], self.w.sp[3 * k + 2]) for k in range(self.w.nsp)]
         spans = _pii.merge(builtin, _pii.custom_spans(self.eng._custom, text, 0, len(_pii.TYPES)))
         self.w.nsp = 0
@@ -1980,21 +2027,23 @@ cdef class JsonRedactor:
             add_span(&self.w, a, b, t)
         return 0
 
-    cdef int _write_masked(self, const CH* s, Py_ssize_t n) except -1:
+    cdef int _apply(self, const CH* s, Py_ssize_t n, UBuf* out) except -1:
+        """s with the spans of self.w replaced by their masks, as code points, counted."""
         cdef Py_ssize_t pos = 0, k, a, b, p
         cdef int t
         cdef Engine e = self.eng
+        cdef bytes m
+        out.n = 0
         for k in range(self.w.nsp):
             a = self.w.sp[3 * k]
             b = self.w.sp[3 * k + 1]
             t = <int>self.w.sp[3 * k + 2]
-            if CH is u1:
-                put_escaped_bytes(&self.out, s + pos, a - pos)
-            else:
-                for p in range(pos, a):
-                    put_cp(&self.out, s[p])
+            ubuf_room(out, a - pos)
+            for p in range(pos, a):
+                out.p[out.n] = s[p]
+                out.n += 1
             if e.simple:
-                buf_bytes(&self.out, <bytes>e._masks[t])
+                m = <bytes>e._masks32[t]
             else:
                 if CH is u1:
                     value = PyUnicode_DecodeASCII(<const char*>(s + a), b - a, NULL)
@@ -2002,14 +2051,16 @@ cdef class JsonRedactor:
                     value = PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, s + a, b - a)
                 else:
                     value = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, s + a, b - a)
-                buf_bytes(&self.out, escape(e.plan.mask.render(e.plan.type_names[t], value)).encode("utf-8"))
+                m = e.plan.mask.render(e.plan.type_names[t], value).encode("utf-32-le", "surrogatepass")
+            ubuf_room(out, PyBytes_GET_SIZE(m) // 4)
+            memcpy(out.p + out.n, PyBytes_AS_STRING(m), PyBytes_GET_SIZE(m))
+            out.n += PyBytes_GET_SIZE(m) // 4
             self._count(t, 1)
             pos = b
-        if CH is u1:
-            put_escaped_bytes(&self.out, s + pos, n - pos)
-        else:
-            for p in range(pos, n):
-                put_cp(&self.out, s[p])
+        ubuf_room(out, n - pos)
+        for p in range(pos, n):
+            out.p[out.n] = s[p]
+            out.n += 1
         return 0
 
     # ------------------------------------------------------------------ numbers and literals

@@ -21,15 +21,24 @@ Rules (and why):
   unescaping; every duplicate key matches again.
 * Detectors run over every key and string value (unescaped) and over integer tokens for
   card numbers. A string that is not modified is emitted byte for byte; a modified one is
-  re-serialized (canonical escapes, UTF-8 kept raw).
+  re-serialized (canonical escapes, UTF-8 kept raw). The masked text is scanned again
+  until nothing new is found (`fixpoint`): redacting the output again changes nothing.
 * A string value whose text starts (after whitespace) with `{` or `[` and parses as JSON is
   redacted as its own document (selectors from the root, plus the selector states of the
   string's own path) and re-serialized into the string if anything was masked. If it does
   not parse, it is text. Depth and size errors inside it are fatal either way.
 * String values longer than `string_window` raw bytes are streamed (`LongString`) and
-  always re-serialized: JSON-looking ones are parsed speculatively for their first
-  `string_window` code points; if that prefix fails they are text, if a later part fails
-  the document is refused (we have emitted the start already).
+  always re-serialized, so memory stays bounded for a 5 MB tool result held in one MCP
+  `text` string: JSON-looking ones are parsed speculatively for their first
+  `string_window` unescaped bytes; if that prefix fails they are text, if a later part
+  fails the document is refused (we have emitted the start already). Other long strings
+  go through `TextRedactor` blocks.
+
+Limits (defaults): depth 128, keys and numbers 8 MiB, strings held whole up to 64 KiB,
+text blocks of 64 Ki code points scanned with 16 Ki of look-ahead. A match must fit in the
+look-ahead to be seen whole at a block edge: addresses, card numbers and key headers do;
+a single token longer than 16 Ki (a giant JWT) straddling a block edge of a text longer
+than 80 Ki may be masked only in part. Private key blocks stay masked across blocks.
 """
 from __future__ import annotations
 
@@ -39,8 +48,21 @@ import re
 from fastgate import pii
 from fastgate.config import parse_selector
 
-__all__ = ["DEFAULT_MASK", "Engine", "JsonRedactor", "LongString", "MAX_DEPTH", "MAX_TOKEN", "Plan",
-           "RedactionError", "STRING_WINDOW", "TextRedactor", "apply", "escape", "unescape"]
+__all__ = [
+    "DEFAULT_MASK",
+    "MAX_DEPTH",
+    "MAX_TOKEN",
+    "STRING_WINDOW",
+    "Engine",
+    "JsonRedactor",
+    "LongString",
+    "Plan",
+    "RedactionError",
+    "TextRedactor",
+    "apply",
+    "escape",
+    "unescape",
+]
 
 MAX_DEPTH = 128
 MAX_TOKEN = 8 << 20
@@ -164,7 +186,7 @@ _NEEDS_ESCAPE = re.compile('["\\\\\x00-\x1f\ud800-\udfff]')
 
 def _escape_one(m: re.Match[str]) -> str:
     ch = m.group()
-    return _ESCAPES.get(ch) or "\\u%04x" % ord(ch)
+    return _ESCAPES.get(ch) or f"\\u{ord(ch):04x}"
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -215,6 +237,25 @@ def apply(plan: Plan, text: str, spans, kinds: dict[str, int], start: int = 0, s
         pos = e
     out.append(text[pos:stop])
     return "".join(out)
+
+
+MAX_PASSES = 8
+
+
+def fixpoint(engine, text: str, spans, kinds: dict[str, int]) -> str:
+    """Mask `spans`, then detect again on the masked text until nothing new is found.
+
+    Detectors look at neighbours (an address glued to a phone number hides the number's
+    boundary), and a mask is a different neighbour than what it replaced. Iterating makes
+    the output a fixed point: redacting it again changes nothing, and nothing detectable
+    is left beside a mask. Capped for custom patterns that match their own mask.
+    """
+    for _ in range(MAX_PASSES):
+        text = apply(engine.plan, text, spans, kinds)
+        spans = engine.find(text)[0]
+        if not spans:
+            break
+    return text
 
 
 class TextRedactor:
@@ -280,6 +321,10 @@ class TextRedactor:
         self._pem = not final and open_ and bool(kept) and kept[-1][1] == len(window)
         before = sum(self.kinds.values())
         out = apply(p, window, kept, self.kinds, ctx, q)
+        if kept:  # the segment alone, as a string value would be (see fixpoint)
+            more = self._engine.find(out)[0]
+            if more:
+                out = fixpoint(self._engine, out, more, self.kinds)
         self.masked += sum(self.kinds.values()) - before
         self._p = self._base + q
         drop = max(0, q - p.behind)
@@ -829,11 +874,10 @@ class JsonRedactor:
         if p.detecting and text:
             spans = self._engine.find(text)[0]
             if spans:
-                before = self.masked
                 kinds: dict[str, int] = {}
-                out = quote(apply(p, text, spans, kinds))
+                out = quote(fixpoint(self._engine, text, spans, kinds))
                 add_counts(self.kinds, kinds)
-                self.masked = before + sum(kinds.values())
+                self.masked += sum(kinds.values())
                 return out
         return b'"' + raw + b'"'
 
