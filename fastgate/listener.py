@@ -35,6 +35,7 @@ class ServerState:
         self.draining = False
         self.max_connections = tables.config.limits.max_connections
         self.appender = None  # the record store's group-commit writer (fastgate.store.Appender)
+        self.approvals = None  # fastgate.approvals.Approvals
 
     def drain(self) -> None:
         self.draining = True
@@ -98,6 +99,9 @@ class ClientConnection(asyncio.Protocol):
         self._process()
 
     def eof_received(self):
+        call = self.call
+        if call is not None and call.holding and call.task is not None:
+            call.task.cancel()  # the caller left while its call waited for reviewers: withdraw it
         self.reader.feed_eof()
         if self.call is None:
             self._process()

@@ -25,6 +25,7 @@ from fastgate.identity import ANONYMOUS, AuthError, Authenticator, UnknownKey, f
 from fastgate.jsonargs import ArgsError, parse_args
 from fastgate.policy import MISSING, CallContext, Policy
 from fastgate import records
+from fastgate.approvals import ApprovalRefused
 from fastgate.redaction import RedactionError, Redactor
 from fastgate.store import StoreUnavailable
 from fastgate.upstream import UpstreamConnection, UpstreamError, UpstreamPool
@@ -166,7 +167,8 @@ class Call:
                  "rechunk", "status", "bytes_out", "error", "finished", "upstream_started", "upstream_ms",
                  "out", "close_after", "attempts", "task", "_raw_body", "_query", "head_sent", "caller", "params",
                  "args", "buffering", "body_waiter", "streaming", "continued", "masker", "request_decoded", "recorded", "capture", "captured",
-                 "digest", "bytes_sent", "response_headers", "refusal_payload", "refusal_error")
+                 "digest", "bytes_sent", "response_headers", "refusal_payload", "refusal_error",
+                 "approval_id", "holding", "approval_wait_ms")
 
     def __init__(self, client: "ClientConnection", tables: Tables, head: RequestHead, request_id: str) -> None:
         self.client = client
@@ -214,6 +216,9 @@ class Call:
         self.response_headers = None
         self.refusal_payload: bytes | None = None
         self.refusal_error: str | None = None
+        self.approval_id: str | None = None
+        self.holding = False
+        self.approval_wait_ms = 0.0
 
     # -- stages ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -232,7 +237,7 @@ class Call:
                 await self.read_body()
                 if tables.policy.needs_args(self.function):
                     self.parse_arguments()
-            self.decide()
+            await self.decide()
             if redactor is not None and self.head.has_body:
                 self.mask_request_body(redactor)
             if self.client.state.appender is not None:
@@ -268,7 +273,7 @@ class Call:
         decision = self.decision
         event = records.call_started(
             self.request_id, caller=self.caller, function=self.function, decision=decision.effect,
-            rule=decision.rule, max_body_bytes=self.tables.audit_max_body,
+            rule=decision.rule, max_body_bytes=self.tables.audit_max_body, approval=self.approval_id,
             guard=self.client.state.appender.guard, **self._request_record())
         try:
             await self.client.state.appender.append(event)
@@ -295,8 +300,9 @@ class Call:
             event = records.call_finished(
                 self.request_id, status=self.status, headers=self.response_headers, body=capture,
                 body_bytes=self.bytes_sent, body_sha256=self.digest.hexdigest() if self.digest else None,
-                max_body_bytes=self.tables.audit_max_body, gateway_ms=gateway_ms,
-                upstream_ms=self.upstream_ms, error=self.error, guard=appender.guard)
+                max_body_bytes=self.tables.audit_max_body, gateway_ms=gateway_ms - self.approval_wait_ms,
+                upstream_ms=self.upstream_ms, approval_wait_ms=self.approval_wait_ms, error=self.error,
+                guard=appender.guard)
         else:
             decision = self.decision
             event = records.call_refused(
@@ -389,14 +395,78 @@ class Call:
             ctx.headers = headers
         return ctx
 
-    def decide(self) -> None:
+    async def decide(self) -> None:
         decision = self.decision = self.tables.policy.decide(self.function, self.context())
         if decision.effect == "allow":
             return
-        if decision.effect == "approve":  # approvals are a later stage; until then, fail closed
-            raise Refusal(403, {"error": "denied", "rule": decision.rule,
-                                "detail": "approval required; approvals are not enabled"})
+        if decision.effect == "approve":
+            await self.approve(decision)
+            return
         raise Refusal(403, {"error": "denied", "rule": decision.rule})
+
+    # -- approvals --------------------------------------------------------------------------------
+    def request_hash(self) -> str:
+        """Binds an approval to this exact call: method, normalized path, query and body bytes."""
+        digest = hashlib.sha256()
+        digest.update(b"%s\n%s?%s\n" % (self.head.method, self.path.encode(), self._query.encode()))
+        for piece in self.pending:
+            digest.update(piece)
+        return digest.hexdigest()
+
+    async def approve(self, decision) -> None:
+        """`effect: approve`: hold the call for reviewers, or answer 202 and redeem on the retry."""
+        approvals = self.client.state.approvals
+        if approvals is None:
+            raise Refusal(503, {"error": "unavailable", "detail": "approvals are not running"})
+        if self.head.has_body and not self.buffering:
+            await self.read_body()  # the approval is bound to the body as well
+        spec = decision.approval
+        request_hash = self.request_hash()
+        try:
+            if spec.mode == "async":
+                presented = None
+                for name, value in self.head.headers:
+                    if name == b"fastgate-approval":
+                        presented = value.decode("latin-1").strip()
+                if presented:
+                    await approvals.redeem(presented, caller=self.caller, function=self.function,
+                                           request_hash=request_hash, session=self.request_id)
+                    self.approval_id = presented
+                    return
+                aid = await approvals.request(session=self.request_id, caller=self.caller, function=self.function,
+                                              rule=decision.rule, spec=spec, request_hash=request_hash,
+                                              summary=self.approval_summary())
+                raise Refusal(202, {"status": "pending", "approval_id": aid},
+                              ((b"retry-after", b"%d" % approvals.pending_retry_after(aid)),))
+            aid = self.approval_id = await approvals.request(
+                session=self.request_id, caller=self.caller, function=self.function, rule=decision.rule,
+                spec=spec, request_hash=request_hash, summary=self.approval_summary())
+            self.holding = True
+            waited = time.perf_counter()
+            try:
+                outcome = await approvals.wait(aid)
+            except asyncio.CancelledError:
+                approvals.withdraw(aid, "caller disconnected")
+                raise
+            finally:
+                self.holding = False
+                self.approval_wait_ms = (time.perf_counter() - waited) * 1000.0
+        except ApprovalRefused as refused:
+            headers = ((b"retry-after", b"%d" % refused.retry_after),) if refused.retry_after else ()
+            raise Refusal(refused.status, refused.body, headers) from None
+        except StoreUnavailable:
+            raise Refusal(503, {"error": "unavailable"}) from None
+        if outcome == "approved":
+            return
+        error = "approval_expired" if outcome == "expired" else "approval_denied"
+        raise Refusal(403, {"error": error, "approval_id": aid})
+
+    def approval_summary(self) -> dict:
+        """What a reviewer sees: the masked request, never credentials."""
+        record = self._request_record()
+        body = record["body"]
+        return {"method": self.head.method.decode(), "path": self.path, "query": self._query,
+                "body": body[:4096].decode("utf-8", "replace") if body else None}
 
     async def forward(self) -> None:
         route = self.route
@@ -644,7 +714,7 @@ class Call:
             body.setdefault("request_id", self.request_id)
         payload = orjson.dumps(body)
         self.refusal_payload = payload
-        self.refusal_error = str(body.get("error", ""))
+        self.refusal_error = str(body.get("error") or body.get("status", ""))
         if not self.body_done:
             self.close_after = True
         close = self.close_after or self.client.draining

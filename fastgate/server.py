@@ -17,6 +17,7 @@ import sys
 import time
 
 from fastgate.config import Config, ConfigError, load_config, parse_hostport
+from fastgate.approvals import Approvals
 from fastgate.admin import AdminError, AdminServer, AdminSocketError, RecordCommands
 from fastgate.identity import Authenticator, gateway_jwks
 from fastgate.store import Appender, Store, StoreUnavailable
@@ -112,6 +113,9 @@ class Worker:
                                         drop_headers=injected, log=self.log).start()
         state = ServerState(loop, Tables(config, pools, tls=tls is not None, auth=auth), self.log)
         state.appender = appender
+        approvals = Approvals(store, appender, config, log=self.log)
+        await approvals.start()
+        state.approvals = approvals
         self.state, self.pools, self.store = state, pools, store
         admin = await self.start_admin(config, store) if self.index in (None, 0) else None
         try:
@@ -141,6 +145,7 @@ class Worker:
             pool.close()
         if admin is not None:
             await admin.close()
+        await approvals.close()
         await appender.close()
         store.close()
         self.log.info("stopped")
@@ -151,6 +156,11 @@ class Worker:
         admin = AdminServer(config.admin.socket, log=self.log)
         RecordCommands(store, export_dir=config.audit.export_dir, max_body_bytes=config.audit.max_body_bytes,
                        status_extra=self.status_extra, mask_response=self.mask_replayed).install(admin)
+        approvals = self.state.approvals
+        admin.register("approvals.list", approvals.admin_list)
+        admin.register("approvals.show", approvals.admin_show)
+        admin.register("approvals.approve", approvals.admin_approve)
+        admin.register("approvals.deny", approvals.admin_deny)
         admin.register("policy.explain", self.policy_explain)
         admin.register("config.reload", self.config_reload)
         try:
@@ -175,7 +185,8 @@ class Worker:
         tables = self.state.tables
         return {"workers": self.workers_hint, "connections": len(self.state.connections),
                 "functions": sorted(tables.catalog.names), "cores": dict(IMPLEMENTATIONS),
-                "store_stats": dict(self.state.appender.stats)}
+                "store_stats": dict(self.state.appender.stats),
+                "approvals": dict(self.state.approvals.stats) if self.state.approvals else None}
 
     async def policy_explain(self, args: dict) -> dict:
         from fastgate.policy import MISSING, CallContext
@@ -240,6 +251,8 @@ class Worker:
         if self.state.appender is not None:
             injected = {k.lower() for up in config.upstreams.values() for k in up.inject_headers}
             self.state.appender.guard.set_secrets(config.secret_values, injected)
+        if self.state.approvals is not None:
+            self.state.approvals.reconfigure(config)
         old = self.state.tables.auth
         self.state.tables = tables
         old.close()
