@@ -908,9 +908,10 @@ class CustomDetector(_Model):
 
 def _check_mask(mask: str) -> str:
     try:
-        mask.format(type="x")
+        mask.format(type="x", last4="1234", hash="0123456789ab")
     except (KeyError, IndexError, ValueError):
-        raise _fail("mask may use only the {type} placeholder (write {{ and }} for literal braces)") from None
+        raise _fail("mask may use only the {type}, {last4} and {hash} placeholders "
+                    "(write {{ and }} for literal braces)") from None
     return mask
 
 
@@ -918,6 +919,7 @@ class Pii(_Model):
     detectors: list[Literal["email", "credit_card", "us_ssn", "phone", "iban", "secret_token"]] = []
     scan: list[Literal["request", "response", "audit"]] = []
     mask: Annotated[str, AfterValidator(_check_mask)] = "[REDACTED:{type}]"
+    hash_key: SecretStr | None = None  # key of {hash} tokens; without it they correlate within one process only
     custom: list[CustomDetector] = []
 
     @classmethod

@@ -97,15 +97,16 @@ class Tables:
         self.redact_response: dict[str, Redactor] = {}
         pii = config.pii
         custom = [(d.name, d.regex) for d in pii.custom]
+        hash_key = pii.hash_key.get_secret_value().encode() if pii.hash_key is not None else None
         for fn in config.functions:
             for where, selectors, table in (("request", fn.redact.request, self.redact_request),
                                             ("response", fn.redact.response, self.redact_response)):
                 detectors = list(pii.detectors) if where in pii.scan else []
-                redactor = Redactor.build(list(selectors), detectors, pii.mask, custom)
+                redactor = Redactor.build(list(selectors), detectors, pii.mask, custom, hash_key=hash_key)
                 if redactor is not None:
                     table[fn.name] = redactor
         # pii.scan: [audit] masks what is recorded even where the caller's answer is not masked
-        self.audit_redactor = (Redactor.build([], list(pii.detectors), pii.mask, custom)
+        self.audit_redactor = (Redactor.build([], list(pii.detectors), pii.mask, custom, hash_key=hash_key)
                                if "audit" in pii.scan else None)
         strip = frozenset(h.lower().encode() for h in config.identity.strip_headers)
         self.routes: dict[str, UpstreamRoute] = {}

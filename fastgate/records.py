@@ -390,15 +390,26 @@ def merge_session(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 view["error"] = ev["error"]
         elif etype == "approval.requested":
             view["approval"] = {"id": ev.get("approval_id"), "status": "pending", "rule": ev.get("rule"),
-                                "reviewers": ev.get("reviewers"), "requested_ts": ev.get("ts"),
-                                "decided_ts": None, "decisions": []}
+                                "reviewers": ev.get("reviewers"), "quorum": ev.get("quorum") or 1,
+                                "requested_ts": ev.get("ts"), "decided_ts": None, "decisions": []}
         elif etype == "approval.decided":
             approval = view["approval"] or {"id": ev.get("approval_id"), "status": "pending",
                                             "rule": None, "reviewers": None, "requested_ts": None,
                                             "decided_ts": None, "decisions": []}
             approval["decisions"].append({"outcome": ev.get("outcome"), "reviewer": ev.get("reviewer"),
                                           "comment": ev.get("comment"), "ts": ev.get("ts")})
-            approval["status"], approval["decided_ts"] = ev.get("outcome"), ev.get("ts")
+            # The same reading as the approvals engine: the first decisive event wins, an approval
+            # vote counts once per reviewer, and a grant is approved only at `quorum` votes.
+            outcome, status, new = ev.get("outcome"), approval["status"], None
+            if outcome == "approved" and status == "pending":
+                voters = {d["reviewer"] for d in approval["decisions"] if d["outcome"] == "approved"}
+                new = "approved" if len(voters) >= (approval.get("quorum") or 1) else None
+            elif outcome in ("denied", "withdrawn", "expired") and status == "pending":
+                new = outcome
+            elif outcome in ("used", "expired") and status == "approved":
+                new = outcome
+            if new is not None:
+                approval["status"], approval["decided_ts"] = new, ev.get("ts")
             view["approval"] = approval
     return view
 

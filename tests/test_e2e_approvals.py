@@ -174,3 +174,19 @@ def test_decision_reaches_a_call_held_in_another_worker(upstream, gateway_factor
         if 1 in workers:
             break
     assert 1 in workers
+
+
+def test_session_view_counts_votes_against_the_quorum():
+    from fastgate import records
+
+    events = [records.approval_requested("s", approval_id="ap_1", rule="r", reviewers=["g"], quorum=2),
+              records.approval_decided("s", approval_id="ap_1", outcome="approved", reviewer="bob")]
+    assert records.merge_session(events)["approval"]["status"] == "pending"
+    events.append(records.approval_decided("s", approval_id="ap_1", outcome="approved", reviewer="bob"))
+    assert records.merge_session(events)["approval"]["status"] == "pending"  # the same reviewer twice
+    events.append(records.approval_decided("s", approval_id="ap_1", outcome="approved", reviewer="dave"))
+    assert records.merge_session(events)["approval"]["status"] == "approved"
+    events.append(records.approval_decided("s", approval_id="ap_1", outcome="denied", reviewer="erin"))
+    assert records.merge_session(events)["approval"]["status"] == "approved"  # the first decisive event wins
+    events.append(records.approval_decided("s", approval_id="ap_1", outcome="used"))
+    assert records.merge_session(events)["approval"]["status"] == "used"

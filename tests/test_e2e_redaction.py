@@ -109,3 +109,21 @@ def test_5mb_streamed_answer_masked_with_bounded_memory(gw, upstream):
     assert len(json.loads(out)["rows"]) == 20000
     print(f"gateway RSS growth for a 5 MB masked stream: {growth_mb:.1f} MB")
     assert growth_mb < 20, growth_mb
+
+
+def test_mask_formats_from_config_keep_last4_and_correlate_by_keyed_hash():
+    """pii.mask may keep the last four characters and add a keyed hash, so equal values can be
+    correlated across records without being revealed (pii.hash_key keeps tokens stable)."""
+    from fastgate.config import parse_config
+    from fastgate.redaction import Redactor
+
+    config = parse_config({"version": 1, "pii": {"detectors": ["credit_card"], "scan": ["response"],
+                                                 "mask": "[{type}:{last4}:{hash}]", "hash_key": "${env:K}"}},
+                          env={"K": "correlation-key-123"})
+    key = config.pii.hash_key.get_secret_value().encode()
+    out = []
+    for k in (key, key, b"another-key"):
+        stream = Redactor.build([], ["credit_card"], config.pii.mask, hash_key=k).stream("application/json")
+        out.append(json.loads(stream.feed(b'{"a": "4111 1111 1111 1111"}') + stream.close())["a"])
+    assert out[0] == out[1] and out[0].startswith("[credit_card:1111:") and out[2] != out[0]
+    assert "4111" not in out[0]
