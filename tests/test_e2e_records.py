@@ -12,7 +12,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from support.gateway import REPO_ROOT, Gateway, base_config
 

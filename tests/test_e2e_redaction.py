@@ -1,9 +1,9 @@
 """Redaction through a real gateway: declared fields and PII masked toward the upstream and toward the
-caller, streamed (chunked and SSE), compressed answers decoded, and a body that lies about being JSON
-refused rather than passed through unscanned."""
+caller, streamed and re-framed, a 5 MB answer with bounded memory, and a body that lies about being
+JSON refused rather than passed through unscanned. (SSE, NDJSON and gzip framing are covered
+sans-IO in test_redact.py.)"""
 from __future__ import annotations
 
-import gzip
 import json
 
 import httpx
