@@ -290,8 +290,8 @@ class Call:
     def record_end(self) -> None:
         """call.finished for a forwarded call, call.refused for one the gate answered itself."""
         appender = self.client.state.appender
-        if appender is None or self.status == 0:
-            return
+        if appender is None or (self.status == 0 and not self.recorded):
+            return  # nothing was answered and nothing started: no session to close
         gateway_ms = (time.perf_counter() - self.started) * 1000.0 - (self.upstream_ms or 0.0)
         if self.recorded:
             capture = b"".join(self.capture) if self.capture is not None else None
@@ -299,7 +299,7 @@ class Call:
             if capture and audit is not None and self.masker is None:
                 capture = audit_mask(audit, capture)
             event = records.call_finished(
-                self.request_id, status=self.status, headers=self.response_headers, body=capture,
+                self.request_id, status=self.status or None, headers=self.response_headers, body=capture,
                 body_bytes=self.bytes_sent, body_sha256=self.digest.hexdigest() if self.digest else None,
                 max_body_bytes=self.tables.audit_max_body, gateway_ms=gateway_ms - self.approval_wait_ms,
                 upstream_ms=self.upstream_ms, approval_wait_ms=self.approval_wait_ms, error=self.error,
