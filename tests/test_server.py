@@ -183,3 +183,18 @@ def test_demo_prints_curl_lines_that_work(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
+
+
+def test_gateway_serves_on_the_pure_python_references(upstream, gateway_factory):
+    """FASTGATE_NO_EXTENSIONS=1: the same answers, slower, and the log says which cores run."""
+    config = base_config(upstream.port, pii={"detectors": ["email"], "scan": ["response"]},
+                         rules=[{"id": "small", "functions": ["echo"], "effect": "allow",
+                                 "when": [{"arg": "$.n", "op": "<=", "value": 5}]},
+                                {"id": "items", "functions": ["get_item"], "effect": "allow"}])
+    gw = gateway_factory(config, env={"FASTGATE_NO_EXTENSIONS": "1"})
+    ok = httpx.post(f"{gw.url}/echo/1", content=b'{"n": 1, "mail": "a@b.example"}',
+                    headers={"content-type": "application/json"})
+    assert ok.status_code == 200 and "a@b.example" not in ok.text and "REDACTED" in ok.text
+    assert httpx.post(f"{gw.url}/echo/1", content=b'{"n": 9}').status_code == 403
+    assert httpx.get(f"{gw.url}/%2e%2e/items/x").status_code == 400  # climbs above the root
+    assert '"pathnorm":"python"' in gw.stderr_text() and '"policy":"python"' in gw.stderr_text()
