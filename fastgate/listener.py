@@ -103,8 +103,8 @@ class ClientConnection(asyncio.Protocol):
         if call is not None and call.holding and call.task is not None:
             call.task.cancel()  # the caller left while its call waited for reviewers: withdraw it
         self.reader.feed_eof()
-        if self.call is None:
-            self._process()
+        if self.call is None or not self.call.body_done:
+            self._process()  # a body cut short by the close is an error now, not a timeout later
         return True  # keep our side open until the answer in flight is written
 
     def connection_lost(self, exc) -> None:
@@ -156,8 +156,11 @@ class ClientConnection(asyncio.Protocol):
                 if self.call is None:
                     self.close()
                 elif not self.call.body_done:
-                    self.call.error = "client closed mid-request"
-                    self.call.abandon()
+                    call = self.call
+                    call.error = "client closed mid-request"
+                    if call.task is not None and not call.task.done():
+                        call.task.cancel()  # it may be waiting for the rest of the body
+                    call.abandon()
                 return
             else:
                 return
