@@ -18,6 +18,7 @@ import orjson
 from fastgate import http1
 from fastgate.http1 import CLOSED, END, NEED_DATA, PAUSED, HTTPError, RequestHead, RequestReader
 from fastgate.ids import new_request_id
+from fastgate.mcp import SessionBinder
 from fastgate.pipeline import Call, Refusal
 from fastgate.upstream import Watchdog
 
@@ -36,6 +37,7 @@ class ServerState:
         self.max_connections = tables.config.limits.max_connections
         self.appender = None  # the record store's group-commit writer (fastgate.store.Appender)
         self.approvals = None  # fastgate.approvals.Approvals
+        self.mcp_sessions = SessionBinder(10000)  # MCP session id -> the caller who opened it
 
     def drain(self) -> None:
         self.draining = True

@@ -23,7 +23,8 @@ from fastgate.catalog import Catalog, PathError, normalize_target
 from fastgate.http1 import HOP_BY_HOP, CONTINUE_100, LAST_CHUNK, RequestHead, ResponseHead
 from fastgate.identity import ANONYMOUS, AuthError, Authenticator, UnknownKey, forward_headers, gateway_jwks
 from fastgate.jsonargs import ArgsError, parse_args
-from fastgate.policy import MISSING, CallContext, Policy
+from fastgate import mcp
+from fastgate.policy import MISSING, CallContext, Decision, Policy
 from fastgate import records
 from fastgate.approvals import ApprovalRefused
 from fastgate.redaction import RedactionError, Redactor
@@ -44,6 +45,9 @@ _ALWAYS_DROP = HOP_BY_HOP | frozenset({
 })
 _IDENTITY_PREFIX = b"x-fastgate-"
 GATEWAY_JWKS_PATH = b"/.well-known/fastgate/jwks.json"
+MCP_METADATA_PREFIX = b"/.well-known/oauth-protected-resource/"
+MCP_PASS = Decision("allow", None, "MCP method: the caller may call a tool at this endpoint")
+MCP_DENY = Decision("deny", None, "MCP method: the caller may call no tool at this endpoint")
 _RESPONSE_DROP = HOP_BY_HOP | frozenset({b"x-request-id"})
 _RESPONSE_MASK_DROP = _RESPONSE_DROP | frozenset({b"content-length", b"content-md5", b"digest", b"etag"})
 _RESPONSE_REWRITE_DROP = _RESPONSE_MASK_DROP | frozenset({b"content-encoding"})
@@ -55,11 +59,13 @@ _PENDING_BODY_LIMIT = 256 * 1024
 class Refusal(Exception):
     """A stage's local answer: status plus the contract's JSON body."""
 
-    def __init__(self, status: int, body: dict, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    def __init__(self, status: int, body: dict, headers: tuple[tuple[bytes, bytes], ...] = (),
+                 raw: bytes | None = None) -> None:
         super().__init__(body.get("error", ""))
         self.status = status
         self.body = body
         self.headers = headers
+        self.raw = raw  # a body sent as it is (JSON-RPC answers on MCP endpoints)
 
 
 @dataclass(slots=True)
@@ -78,6 +84,7 @@ class Tables:
 
     def __init__(self, config, pools: "PoolRegistry", tls: bool = False, auth: Authenticator | None = None) -> None:
         self.config = config
+        self.tls = tls
         limits = config.limits
         self.limits = http1.Limits(
             max_header_bytes=limits.max_header_bytes, max_header_count=limits.max_header_count,
@@ -91,6 +98,10 @@ class Tables:
         self.auth = auth if auth is not None else Authenticator.from_config(config.identity)
         self.forward_mode = config.identity.forward
         self.access_log = config.log.access
+        self.mcp_tool_of = {fn.name: fn.mcp.tool for fn in config.functions if fn.mcp is not None}
+        self.mcp_upstream = {fn.mcp.endpoint: fn.upstream for fn in config.functions if fn.mcp is not None}
+        jwt = config.identity.jwt
+        self.mcp_issuer = jwt.issuer if jwt is not None else None
         self.fail_closed = config.audit.fail_closed
         self.audit_max_body = config.audit.max_body_bytes
         self.redact_request: dict[str, Redactor] = {}
@@ -144,6 +155,29 @@ class PoolRegistry:
         return pool
 
 
+class ToolsListBody:
+    """A tools/list answer with the tools the caller may not call removed (JSON or SSE)."""
+
+    decoded = False
+
+    def __init__(self, flt: "mcp.ToolsListFilter", content_type: str) -> None:
+        self.filter = flt
+        self.sse = content_type.split(";")[0].strip().lower() == "text/event-stream"
+        self.inner = flt.stream() if self.sse else None
+        self.parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> bytes:
+        if self.inner is not None:
+            return self.inner.feed(data)
+        self.parts.append(data)  # a JSON list is one small document: filter it whole
+        return b""
+
+    def close(self) -> bytes:
+        if self.inner is not None:
+            return self.inner.close()
+        return self.filter.filter_json(b"".join(self.parts))
+
+
 def audit_mask(redactor: Redactor, body: bytes) -> bytes:
     """Mask a recorded body; a prefix cut mid-document is masked as text instead."""
     try:
@@ -169,7 +203,7 @@ class Call:
                  "out", "close_after", "attempts", "task", "_raw_body", "_query", "head_sent", "caller", "params",
                  "args", "buffering", "body_waiter", "streaming", "continued", "masker", "request_decoded", "recorded", "capture", "captured",
                  "digest", "bytes_sent", "response_headers", "refusal_payload", "refusal_error",
-                 "approval_id", "holding", "approval_wait_ms")
+                 "approval_id", "holding", "approval_wait_ms", "mcp_functions", "mcp_request")
 
     def __init__(self, client: "ClientConnection", tables: Tables, head: RequestHead, request_id: str) -> None:
         self.client = client
@@ -220,6 +254,8 @@ class Call:
         self.approval_id: str | None = None
         self.holding = False
         self.approval_wait_ms = 0.0
+        self.mcp_functions: list[str] | None = None
+        self.mcp_request = None
 
     # -- stages ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -230,17 +266,22 @@ class Call:
             tables = self.tables
             if tables.forward_mode == "jwt" and self.head.target == GATEWAY_JWKS_PATH:
                 raise Refusal(200, gateway_jwks())  # public keys for x-fastgate-identity: no secret here
+            if self.head.target.startswith(MCP_METADATA_PREFIX) and self.head.method == b"GET":
+                self.serve_mcp_metadata()
             if tables.auth.enabled:
                 await self.authenticate()
             self.resolve()
-            redactor = tables.redact_request.get(self.function)
-            if self.head.has_body and (redactor is not None or tables.policy.needs_args(self.function)):
-                await self.read_body()
-                if tables.policy.needs_args(self.function):
-                    self.parse_arguments()
-            await self.decide()
-            if redactor is not None and self.head.has_body:
-                self.mask_request_body(redactor)
+            if self.mcp_functions is not None:
+                await self.mcp_stage()
+            else:
+                redactor = tables.redact_request.get(self.function)
+                if self.head.has_body and (redactor is not None or tables.policy.needs_args(self.function)):
+                    await self.read_body()
+                    if tables.policy.needs_args(self.function):
+                        self.parse_arguments()
+                await self.decide()
+                if redactor is not None and self.head.has_body:
+                    self.mask_request_body(redactor)
             if self.client.state.appender is not None:
                 await self.record_started()  # write-ahead: durable before anything is forwarded
             if self.head.expect_continue and not self.body_done and not self.continued:
@@ -328,8 +369,14 @@ class Call:
                 self.caller = auth.authenticate(self.head.headers)
         except AuthError as exc:
             self.error = f"unauthenticated: {exc.description}"
+            challenge = exc.www_authenticate()
+            endpoint = self.mcp_endpoint_of_target()
+            if endpoint is not None:  # MCP authorization: point the client at the resource metadata
+                challenge = mcp.www_authenticate(mcp.metadata_url(self.resource_url(endpoint)),
+                                                 error=exc.error if exc.error != "invalid_request" else None,
+                                                 description=exc.description)
             raise Refusal(401, {"error": "unauthenticated", "detail": exc.description},
-                          ((b"www-authenticate", exc.www_authenticate().encode()),)) from None
+                          ((b"www-authenticate", challenge.encode()),)) from None
 
     async def read_body(self) -> None:
         """Buffer the body (bounded by limits.max_body_bytes) for the policy and request redaction."""
@@ -376,6 +423,12 @@ class Call:
         self.path = path
         match = self.tables.catalog.match(head.method.decode(), path)
         if match is None:
+            functions = self.tables.catalog.mcp_endpoint(path)
+            if functions is not None:
+                self.mcp_functions = functions
+                self.route = self.tables.routes[self.tables.mcp_upstream[path]]
+                self._query = query
+                return
             raise Refusal(404, {"error": "unknown_function"})
         self.function = match.function
         self.params = match.params
@@ -404,6 +457,100 @@ class Call:
             await self.approve(decision)
             return
         raise Refusal(403, {"error": "denied", "rule": decision.rule})
+
+    # -- MCP endpoints ----------------------------------------------------------------------------
+    def mcp_endpoint_of_target(self) -> str | None:
+        try:
+            path, _ = normalize_target(self.head.target)
+        except PathError:
+            return None
+        return path if self.tables.catalog.mcp_endpoint(path) is not None else None
+
+    def resource_url(self, endpoint: str) -> str:
+        scheme = "https" if self.tables.tls else "http"
+        return f"{scheme}://{self.head.host.decode('latin-1')}{endpoint}"
+
+    def serve_mcp_metadata(self) -> None:
+        """RFC 9728 protected-resource metadata for an MCP endpoint, before authentication."""
+        endpoint = self.head.target[len(MCP_METADATA_PREFIX) - 1:].decode("latin-1")
+        if self.tables.catalog.mcp_endpoint(endpoint) is None or self.tables.mcp_issuer is None:
+            raise Refusal(404, {"error": "unknown_function"})
+        raise Refusal(200, mcp.resource_metadata(self.resource_url(endpoint), self.tables.mcp_issuer, None))
+
+    def visible_tools(self) -> dict[str, str]:
+        """Tool name -> function for the tools at this endpoint the caller could be allowed to call."""
+        allowed = self.tables.policy.visible_functions(self.context())
+        tool_of = self.tables.mcp_tool_of
+        return {tool_of[f]: f for f in self.mcp_functions if f in allowed}
+
+    def in_band(self, req, kind: str, **fields) -> Refusal:
+        """Policy outcomes on MCP travel as JSON-RPC (HTTP 200): clients drop sessions on a 403."""
+        body = mcp.refusal(req, kind, request_id=self.request_id, **fields)
+        self.error = kind
+        if body is None:  # a notification: nothing to answer
+            return Refusal(202, {}, raw=b"")
+        return Refusal(200, {}, (), raw=body)
+
+    async def mcp_stage(self) -> None:
+        """Gate one message to an MCP endpoint: tools/call by the same rules as HTTP functions;
+        every other method only for callers allowed at least one tool here."""
+        head = self.head
+        session = None
+        stateless = False
+        for name, value in head.headers:
+            if name == b"mcp-session-id":
+                session = value.decode("latin-1")
+            elif name == b"mcp-protocol-version" and value.strip() in (b"2026-07-28",):
+                stateless = True
+        binder = self.client.state.mcp_sessions
+        subject = self.caller.subject
+        if head.method in (b"GET", b"DELETE"):
+            if stateless:
+                raise Refusal(405, {"error": "method_not_allowed"})
+            if not self.visible_tools():
+                raise Refusal(403, {"error": "denied", "rule": None})
+            if session is None or not binder.check(session, subject):
+                raise Refusal(404, {"error": "unknown_session"})
+            if head.method == b"DELETE":
+                binder.forget(session)
+            self.decision = MCP_PASS
+            return
+        if head.method != b"POST":
+            raise Refusal(405, {"error": "method_not_allowed"})
+        await self.read_body()
+        try:
+            req = mcp.parse_message(b"".join(self.pending), head.headers)
+        except mcp.McpError as exc:
+            raise Refusal(exc.http_status, {}, raw=exc.body()) from None
+        self.mcp_request = req
+        if req.era == "session" and session is not None and not binder.check(session, subject):
+            raise Refusal(404, {"error": "unknown_session"})  # another caller's session, or a stale one
+        visible = self.visible_tools()
+        if req.method == "tools/call":
+            function = visible.get(req.tool)
+            if function is None:  # hidden tools read exactly like missing ones
+                raise self.in_band(req, "unknown_tool")
+            self.function = function
+            self.args = req.arguments
+            try:
+                await self.decide()
+            except Refusal as refusal:
+                raise self.mcp_refusal(req, refusal) from None
+            return
+        if not visible:
+            self.decision = MCP_DENY
+            raise self.in_band(req, "denied")
+        self.decision = MCP_PASS
+
+    def mcp_refusal(self, req, refusal: Refusal) -> Refusal:
+        error = refusal.body.get("error")
+        if refusal.status == 202:
+            return self.in_band(req, "approval_pending", approval_id=refusal.body.get("approval_id"))
+        if error == "denied":
+            return self.in_band(req, "denied", rule=refusal.body.get("rule"))
+        if error in ("approval_denied", "approval_expired"):
+            return self.in_band(req, error, approval_id=refusal.body.get("approval_id"))
+        return refusal  # 400/503 and friends stay HTTP answers
 
     # -- approvals --------------------------------------------------------------------------------
     def request_hash(self) -> str:
@@ -572,6 +719,17 @@ class Call:
                 tokens = tokens | frozenset(t.strip().lower() for t in value.split(b","))
         content_length = rh.content_length
         redactor = self.tables.redact_response.get(self.function) if rh.has_body else None
+        req = self.mcp_request
+        if req is not None:
+            if req.method == "initialize" and 200 <= rh.status < 300:
+                for name, value in rh.headers:
+                    if name == b"mcp-session-id":
+                        self.client.state.mcp_sessions.bind(value.decode("latin-1"), self.caller.subject)
+            if req.method == "tools/list" and rh.has_body and 200 <= rh.status < 300:
+                content_type = next((v.decode("latin-1") for n, v in rh.headers if n == b"content-type"), "")
+                self.masker = ToolsListBody(mcp.ToolsListFilter(self.visible_tools()), content_type)
+                drop = _RESPONSE_MASK_DROP
+                content_length = None
         if redactor is not None:
             content_type = content_encoding = None
             for name, value in rh.headers:
@@ -649,7 +807,7 @@ class Call:
         if self.masker is not None:
             try:
                 tail = self.masker.close()
-            except RedactionError as exc:
+            except Exception as exc:  # RedactionError, McpError, ...: never pass an unscanned end
                 self.upstream_failed(UpstreamError(502, f"response could not be scanned: {exc}"))
                 return
             if tail:
@@ -713,7 +871,7 @@ class Call:
         body = dict(refusal.body)
         if refusal.status >= 400:
             body.setdefault("request_id", self.request_id)
-        payload = orjson.dumps(body)
+        payload = refusal.raw if refusal.raw is not None else orjson.dumps(body)
         self.refusal_payload = payload
         self.refusal_error = str(body.get("error") or body.get("status", ""))
         if not self.body_done:

@@ -1,0 +1,91 @@
+"""A small MCP server (streamable HTTP, session era) for end-to-end tests of the gate.
+
+It speaks the wire format real SDK servers use: `initialize` issues an `Mcp-Session-Id`,
+notifications get 202, `tools/list` and `tools/call` answer JSON, or SSE when the client's
+`Accept` lists `text/event-stream` and the tool name starts with `stream_`. Tool results put
+JSON inside `content[].text` and in `structuredContent`, as SDK servers do.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+TOOLS = [
+    {"name": "lookup_customer", "description": "find a customer", "inputSchema": {"type": "object"}},
+    {"name": "delete_customer", "description": "remove a customer", "inputSchema": {"type": "object"}},
+    {"name": "stream_report", "description": "a streamed report", "inputSchema": {"type": "object"}},
+]
+
+
+class McpUpstream:
+    def __init__(self) -> None:
+        self.calls: list[dict] = []       # every JSON-RPC message received, in order
+        self.sessions: set[str] = set()
+        self.headers: list[dict] = []
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json", extra=()) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in extra:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                upstream.sessions.discard(self.headers.get("Mcp-Session-Id", ""))
+                self._send(200, b"")
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                msg = json.loads(body)
+                upstream.calls.append(msg)
+                upstream.headers.append({k.lower(): v for k, v in self.headers.items()})
+                method = msg.get("method")
+                if "id" not in msg:
+                    self._send(202, b"")
+                    return
+                if method == "initialize":
+                    sid = uuid.uuid4().hex
+                    upstream.sessions.add(sid)
+                    result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+                              "serverInfo": {"name": "test-mcp", "version": "1"}}
+                    self._send(200, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode(),
+                               extra=[("Mcp-Session-Id", sid)])
+                    return
+                if method == "tools/list":
+                    result = {"tools": TOOLS}
+                elif method == "tools/call":
+                    args = msg["params"].get("arguments", {})
+                    data = {"customer": args.get("id"), "email": "jane.doe@example.com", "ssn": "123-45-6789"}
+                    result = {"content": [{"type": "text", "text": json.dumps(data)}], "structuredContent": data,
+                              "isError": False}
+                    if msg["params"]["name"].startswith("stream_"):
+                        event = json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result})
+                        sse = (b": ping\r\n\r\nevent: message\r\ndata: " + event.encode() + b"\r\n\r\n")
+                        self._send(200, sse, "text/event-stream")
+                        return
+                else:
+                    result = {}
+                self._send(200, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> "McpUpstream":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

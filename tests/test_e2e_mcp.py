@@ -1,0 +1,162 @@
+"""MCP through a real gateway (session-era streamable HTTP, driven at the wire level with httpx):
+tools/list filtered per caller, tools/call gated by the same rules as HTTP functions, refusals in
+band (HTTP 200 + JSON-RPC error with the request's id) so the session survives, masked results,
+session ids bound to the caller who opened them, and the 401 resource-metadata challenge."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+import pytest
+
+from support.gateway import Gateway, base_config
+from support.mcp_upstream import McpUpstream
+
+KEYS = {"support": "fgk_mcp-support-0123456789ab", "intern": "fgk_mcp-intern-0123456789ab",
+        "outsider": "fgk_mcp-outsider-0123456789"}
+ACCEPT = "application/json, text/event-stream"
+
+
+@pytest.fixture(scope="module")
+def mcp_up():
+    up = McpUpstream().start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(mcp_up, tmp_path_factory):
+    config = base_config(
+        mcp_up.port,
+        identity={"api_keys": [{"name": f"{who}-bot", "sha256": hashlib.sha256(k.encode()).hexdigest(),
+                                "groups": [who]} for who, k in KEYS.items()]},
+        upstreams={"mcp": {"url": f"http://127.0.0.1:{mcp_up.port}"}},
+        functions=[{"name": f, "upstream": "mcp", "mcp": {"endpoint": "/mcp", "tool": f},
+                    **({"redact": {"response": ["$..ssn"]}} if f == "lookup_customer" else {})}
+                   for f in ("lookup_customer", "delete_customer", "stream_report")],
+        pii={"detectors": ["email"], "scan": ["response"]},
+        rules=[{"id": "support-lookup", "functions": ["lookup_customer", "stream_report"], "groups": ["support"],
+                "effect": "allow"},
+               {"id": "support-delete-small", "functions": ["delete_customer"], "groups": ["support"],
+                "when": [{"arg": "$.id", "op": "prefix", "value": "test-"}], "effect": "allow"},
+               {"id": "no-interns", "functions": ["delete_customer"], "groups": ["intern"], "effect": "deny"},
+               {"id": "interns-lookup", "functions": ["lookup_customer"], "groups": ["intern"], "effect": "allow"}])
+    gateway = Gateway.start(config, tmp_path_factory.mktemp("mcp"))
+    yield gateway
+    gateway.stop()
+
+
+OPEN: list[httpx.Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+class Session:
+    """One MCP client session through the gate, as an SDK client would drive it on the wire."""
+
+    def __init__(self, gw: Gateway, who: str) -> None:
+        self.client = httpx.Client(base_url=gw.url, headers={"X-Api-Key": KEYS[who], "Accept": ACCEPT})
+        OPEN.append(self.client)
+        self.next_id = 1
+        self.sid = None
+
+    def rpc(self, method: str, params: dict | None = None, notify: bool = False) -> httpx.Response:
+        msg = {"jsonrpc": "2.0", "method": method, "params": params or {}}
+        if not notify:
+            msg["id"] = self.next_id
+            self.next_id += 1
+        headers = {"Mcp-Session-Id": self.sid} if self.sid else {}
+        return self.client.post("/mcp", json=msg, headers=headers)
+
+    def open(self) -> "Session":
+        r = self.rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                    "clientInfo": {"name": "t", "version": "1"}})
+        assert r.status_code == 200, r.text
+        self.sid = r.headers["mcp-session-id"]
+        assert self.rpc("notifications/initialized", notify=True).status_code == 202
+        return self
+
+    def tools(self) -> list[str]:
+        r = self.rpc("tools/list")
+        assert r.status_code == 200
+        return [t["name"] for t in r.json()["result"]["tools"]]
+
+
+def test_tools_list_shows_each_caller_only_what_it_may_call(gw, mcp_up):
+    assert sorted(Session(gw, "support").open().tools()) == ["delete_customer", "lookup_customer", "stream_report"]
+    assert Session(gw, "intern").open().tools() == ["lookup_customer"]
+
+
+def test_allowed_call_is_forwarded_and_its_result_masked(gw, mcp_up):
+    s = Session(gw, "support").open()
+    r = s.rpc("tools/call", {"name": "lookup_customer", "arguments": {"id": "c-1"}})
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert "jane.doe@example.com" not in r.text and "123-45-6789" not in r.text
+    inner = json.loads(result["content"][0]["text"])  # JSON inside the string is masked too
+    assert inner["customer"] == "c-1" and "REDACTED" in inner["email"] and "REDACTED" in inner["ssn"]
+    assert mcp_up.calls[-1]["params"]["name"] == "lookup_customer"
+    assert "x-api-key" not in mcp_up.headers[-1]  # the caller's credential stays at the gate
+
+
+def test_streamed_result_masked(gw, mcp_up):
+    s = Session(gw, "support").open()
+    r = s.rpc("tools/call", {"name": "stream_report", "arguments": {"id": "c-2"}})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert "jane.doe@example.com" not in r.text and "[REDACTED:email]" in r.text
+
+
+def test_refusals_are_in_band_and_the_session_survives(gw, mcp_up):
+    s = Session(gw, "intern").open()
+    before = len(mcp_up.calls)
+    r = s.rpc("tools/call", {"name": "delete_customer", "arguments": {"id": "c-1"}})
+    assert r.status_code == 200  # never an HTTP 403: clients would drop the session
+    err = r.json()
+    assert err["id"] == s.next_id - 1 and err["error"]["code"] == -32602  # hidden: like an unknown tool
+    s2 = Session(gw, "support").open()
+    r = s2.rpc("tools/call", {"name": "delete_customer", "arguments": {"id": "prod-1"}})
+    err = r.json()["error"]
+    assert r.status_code == 200 and err["code"] == -31001 and err["data"]["error"] == "denied"
+    assert len(mcp_up.calls) == before + 2  # the second session's initialize and notification only
+    ok = s2.rpc("tools/call", {"name": "delete_customer", "arguments": {"id": "test-1"}})
+    assert ok.status_code == 200 and "result" in ok.json()  # the same session goes on
+
+
+def test_callers_with_no_tool_get_nothing(gw, mcp_up):
+    client = httpx.Client(base_url=gw.url, headers={"X-Api-Key": KEYS["outsider"], "Accept": ACCEPT})
+    OPEN.append(client)
+    r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 7, "method": "initialize", "params": {}})
+    assert r.status_code == 200 and r.json()["id"] == 7 and r.json()["error"]["code"] == -31001
+
+
+def test_session_id_bound_to_its_caller(gw, mcp_up):
+    alice = Session(gw, "support").open()
+    mallory = Session(gw, "intern")
+    mallory.sid = alice.sid
+    assert mallory.rpc("tools/list").status_code == 404
+    assert alice.rpc("tools/list").status_code == 200
+
+
+def test_malformed_messages_refused_before_forwarding(gw, mcp_up):
+    s = Session(gw, "support").open()
+    before = len(mcp_up.calls)
+    for body in (b'[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]',
+                 b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}',
+                 b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_customer","arguments":[]}}',
+                 b'not json'):
+        r = s.client.post("/mcp", content=body, headers={"Mcp-Session-Id": s.sid, "content-type": "application/json"})
+        assert r.status_code in (200, 400) and "error" in r.json(), body
+    assert len(mcp_up.calls) == before
+
+
+def test_unauthenticated_gets_the_resource_metadata_challenge(gw, mcp_up):
+    r = httpx.post(f"{gw.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}})
+    assert r.status_code == 401
+    assert 'resource_metadata="' in r.headers["www-authenticate"]
+    assert "/.well-known/oauth-protected-resource/mcp" in r.headers["www-authenticate"]
