@@ -160,3 +160,33 @@ def test_unauthenticated_gets_the_resource_metadata_challenge(gw, mcp_up):
     assert r.status_code == 401
     assert 'resource_metadata="' in r.headers["www-authenticate"]
     assert "/.well-known/oauth-protected-resource/mcp" in r.headers["www-authenticate"]
+
+
+def test_official_sdk_client_through_the_gate(gw, mcp_up):
+    """The MCP Python SDK (2.x) as the caller: filtered list, masked result, a hidden tool raises a
+    clean MCPError, and the same session goes on working afterwards."""
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def drive() -> dict:
+        out: dict = {}
+        async with httpx2.AsyncClient(headers={"X-Api-Key": KEYS["intern"]}) as http:
+            async with Client(streamable_http_client(f"{gw.url}/mcp", http_client=http)) as client:
+                out["tools"] = [t.name for t in (await client.list_tools()).tools]
+                first = await client.call_tool("lookup_customer", {"id": "c-9"})
+                out["first"] = first.structured_content
+                try:
+                    await client.call_tool("delete_customer", {"id": "c-9"})
+                except Exception as exc:  # the SDK raises MCPError for a JSON-RPC error answer
+                    out["refused"] = f"{type(exc).__name__}: {exc}"
+                out["after"] = (await client.call_tool("lookup_customer", {"id": "c-10"})).structured_content
+        return out
+
+    out = asyncio.run(drive())
+    assert out["tools"] == ["lookup_customer"]
+    assert out["first"]["customer"] == "c-9" and "REDACTED" in out["first"]["email"]
+    assert out["refused"].startswith("MCPError") and "delete_customer" in out["refused"]
+    assert out["after"]["customer"] == "c-10"

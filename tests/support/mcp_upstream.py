@@ -28,6 +28,7 @@ class McpUpstream:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # head and body leave in two writes: no 40 ms Nagle stall
 
             def log_message(self, *args) -> None:
                 pass
