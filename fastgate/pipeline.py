@@ -316,7 +316,7 @@ class Call:
         event = records.call_started(
             self.request_id, caller=self.caller, function=self.function, decision=decision.effect,
             rule=decision.rule, max_body_bytes=self.tables.audit_max_body, approval=self.approval_id,
-            guard=self.client.state.appender.guard, **self._request_record())
+            mcp=self.mcp_record(), guard=self.client.state.appender.guard, **self._request_record())
         try:
             await self.client.state.appender.append(event)
         except StoreUnavailable as exc:
@@ -351,7 +351,7 @@ class Call:
                 self.request_id, status=self.status, error=self.refusal_error or self.error or "",
                 caller=self.caller if self.caller is not ANONYMOUS or not self.tables.auth.enabled else None,
                 function=self.function, decision=decision.effect if decision else None,
-                rule=decision.rule if decision else None, response_body=self.refusal_payload,
+                rule=decision.rule if decision else None, response_body=self.refusal_payload, mcp=self.mcp_record(),
                 max_body_bytes=self.tables.audit_max_body, gateway_ms=gateway_ms, guard=appender.guard,
                 **self._request_record())
         try:
@@ -459,6 +459,14 @@ class Call:
         raise Refusal(403, {"error": "denied", "rule": decision.rule})
 
     # -- MCP endpoints ----------------------------------------------------------------------------
+    def mcp_record(self) -> dict | None:
+        req = self.mcp_request
+        if req is None:
+            return None
+        session = next((v.decode("latin-1") for n, v in self.head.headers if n == b"mcp-session-id"), None)
+        return {"endpoint": self.path, "era": req.era, "version": req.version, "session": session,
+                "jsonrpc_id": req.id, "method": req.method, "tool": req.tool}
+
     def mcp_endpoint_of_target(self) -> str | None:
         try:
             path, _ = normalize_target(self.head.target)

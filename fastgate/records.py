@@ -232,24 +232,28 @@ def _ms(value: float | None) -> float | None:
 
 
 def call_started(session: str, *, caller: Any, function: str | None, decision: str, rule: str | None,
+                 mcp: Mapping[str, Any] | None = None,
                  method: str | bytes, path: str, query: str = "", headers: Any = None,
                  body: bytes | None = None, max_body_bytes: int, approval: str | None = None,
                  guard: Guard = _NO_GUARD, ts: str | None = None) -> dict[str, Any]:
     """The write-ahead event: who calls what, the decision, and the masked request."""
-    return {"type": "call.started", "session": session, "ts": ts or now_ts(),
+    extra = {"mcp": dict(mcp)} if mcp else {}
+    return {**extra, "type": "call.started", "session": session, "ts": ts or now_ts(),
             "caller": _caller(caller), "function": function, "decision": decision, "rule": rule,
             "approval": approval,
             "request": _request(method, path, query, headers, body, max_body_bytes, guard)}
 
 
 def call_refused(session: str, *, status: int, error: str, caller: Any = None, function: str | None = None,
+                 mcp: Mapping[str, Any] | None = None,
                  decision: str | None = None, rule: str | None = None, method: str | bytes = "",
                  path: str = "", query: str = "", headers: Any = None, body: bytes | None = None,
                  response_body: bytes | None = None, max_body_bytes: int, gateway_ms: float | None = None,
                  approval_wait_ms: float | None = None, guard: Guard = _NO_GUARD,
                  ts: str | None = None) -> dict[str, Any]:
     """A call answered by the gate itself (401, 403, 404, 4xx, 503): nothing was forwarded."""
-    return {"type": "call.refused", "session": session, "ts": ts or now_ts(),
+    extra = {"mcp": dict(mcp)} if mcp else {}
+    return {**extra, "type": "call.refused", "session": session, "ts": ts or now_ts(),
             "caller": _caller(caller), "function": function, "decision": decision, "rule": rule,
             "status": int(status), "error": error,
             "request": _request(method, path, query, headers, body, max_body_bytes, guard),
@@ -378,6 +382,8 @@ def merge_session(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     for ev in evs:
         etype = ev.get("type")
         if etype in ("call.started", "call.refused"):
+            if ev.get("mcp"):  # an addition for MCP calls: session, JSON-RPC id, era, method, tool
+                view["mcp"] = ev["mcp"]
             for key in ("caller", "function", "decision", "rule", "request"):
                 if ev.get(key) is not None:
                     view[key] = ev[key]

@@ -190,3 +190,48 @@ def test_official_sdk_client_through_the_gate(gw, mcp_up):
     assert out["first"]["customer"] == "c-9" and "REDACTED" in out["first"]["email"]
     assert out["refused"].startswith("MCPError") and "delete_customer" in out["refused"]
     assert out["after"]["customer"] == "c-10"
+
+
+def _stateless(gw, who: str, body: dict, **headers) -> httpx.Response:
+    """A 2026-07-28 (stateless) request: no session, the method and tool mirrored in headers."""
+    base = {"X-Api-Key": KEYS[who], "Accept": ACCEPT, "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": body["method"]}
+    if body["method"] == "tools/call":
+        base["Mcp-Name"] = body["params"]["name"]
+    body["params"].setdefault("_meta", {})["io.modelcontextprotocol/protocolVersion"] = "2026-07-28"
+    return httpx.post(f"{gw.url}/mcp", json=body, headers={**base, **headers})
+
+
+def test_stateless_era_headers_must_agree_with_the_body(gw, mcp_up):
+    call = {"jsonrpc": "2.0", "id": "s-1", "method": "tools/call",
+            "params": {"name": "lookup_customer", "arguments": {"id": "c-3"}}}
+    ok = _stateless(gw, "support", dict(call, params=dict(call["params"])))
+    assert ok.status_code == 200 and ok.json()["id"] == "s-1" and "result" in ok.json()
+    before = len(mcp_up.calls)
+    lying = _stateless(gw, "support", dict(call, params=dict(call["params"])), **{"Mcp-Name": "delete_customer"})
+    assert lying.status_code == 400 and lying.json()["error"]["code"] == -32020
+    assert len(mcp_up.calls) == before  # the mismatch never reached the server
+    get = httpx.get(f"{gw.url}/mcp", headers={"X-Api-Key": KEYS["support"], "MCP-Protocol-Version": "2026-07-28"})
+    assert get.status_code == 405
+
+
+def test_records_name_the_mcp_session_id_era_and_tool(gw, mcp_up):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from support.gateway import REPO_ROOT
+
+    s = Session(gw, "intern").open()
+    r = s.rpc("tools/call", {"name": "delete_customer", "arguments": {"id": "c-1"}})
+    rid = r.headers["x-request-id"]
+    time.sleep(0.3)
+    proc = subprocess.run([sys.executable, "-m", "fastgate", "admin", "--socket", str(gw.workdir / "var" / "admin.sock"),
+                           "--json", "sessions", "show", rid], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    view = json.loads(proc.stdout)
+    assert view["mcp"] == {"endpoint": "/mcp", "era": "session", "version": view["mcp"]["version"],
+                           "session": s.sid, "jsonrpc_id": s.next_id - 1, "method": "tools/call",
+                           "tool": "delete_customer"}
+    assert view["events"][0]["type"] == "call.refused"
