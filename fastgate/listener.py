@@ -38,6 +38,7 @@ class ServerState:
         self.appender = None  # the record store's group-commit writer (fastgate.store.Appender)
         self.approvals = None  # fastgate.approvals.Approvals
         self.mcp_sessions = SessionBinder(10000)  # MCP session id -> the caller who opened it
+        self.mcp_elicit: dict[str, bool] = {}  # MCP sessions whose client declared elicitation
 
     def drain(self) -> None:
         self.draining = True

@@ -46,6 +46,7 @@ _ALWAYS_DROP = HOP_BY_HOP | frozenset({
 _IDENTITY_PREFIX = b"x-fastgate-"
 GATEWAY_JWKS_PATH = b"/.well-known/fastgate/jwks.json"
 MCP_METADATA_PREFIX = b"/.well-known/oauth-protected-resource/"
+MCP_KEEPALIVE_S = 15.0
 MCP_PASS = Decision("allow", None, "MCP method: the caller may call a tool at this endpoint")
 MCP_DENY = Decision("deny", None, "MCP method: the caller may call no tool at this endpoint")
 _RESPONSE_DROP = HOP_BY_HOP | frozenset({b"x-request-id"})
@@ -155,6 +156,12 @@ class PoolRegistry:
         return pool
 
 
+def sse_event(payload: bytes) -> bytes:
+    """One SSE `message` event carrying a JSON document (CRs are JSON whitespace only: dropped)."""
+    lines = payload.replace(b"\r", b"").split(b"\n")
+    return b"event: message\r\n" + b"".join(b"data: %s\r\n" % line for line in lines) + b"\r\n"
+
+
 class ToolsListBody:
     """A tools/list answer with the tools the caller may not call removed (JSON or SSE)."""
 
@@ -203,7 +210,8 @@ class Call:
                  "out", "close_after", "attempts", "task", "_raw_body", "_query", "head_sent", "caller", "params",
                  "args", "buffering", "body_waiter", "streaming", "continued", "masker", "request_decoded", "recorded", "capture", "captured",
                  "digest", "bytes_sent", "response_headers", "refusal_payload", "refusal_error",
-                 "approval_id", "holding", "approval_wait_ms", "mcp_functions", "mcp_request")
+                 "approval_id", "holding", "approval_wait_ms", "mcp_functions", "mcp_request", "sse_held",
+                 "wrap_json", "wrapped")
 
     def __init__(self, client: "ClientConnection", tables: Tables, head: RequestHead, request_id: str) -> None:
         self.client = client
@@ -256,6 +264,9 @@ class Call:
         self.approval_wait_ms = 0.0
         self.mcp_functions: list[str] | None = None
         self.mcp_request = None
+        self.sse_held = False
+        self.wrap_json = False
+        self.wrapped: list[bytes] = []
 
     # -- stages ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -533,6 +544,9 @@ class Call:
         self.mcp_request = req
         if req.era == "session" and session is not None and not binder.check(session, subject):
             raise Refusal(404, {"error": "unknown_session"})  # another caller's session, or a stale one
+        if req.kind == "response" and isinstance(req.id, str) and req.id.startswith("fastgate-"):
+            self.decision = MCP_PASS
+            raise Refusal(202, {}, raw=b"")  # the answer to the gate's own elicitation: not the server's
         visible = self.visible_tools()
         if req.method == "tools/call":
             function = visible.get(req.tool)
@@ -549,6 +563,37 @@ class Call:
             self.decision = MCP_DENY
             raise self.in_band(req, "denied")
         self.decision = MCP_PASS
+
+    def mcp_streams(self) -> bool:
+        """A held MCP call answers as an SSE stream when the client accepts one (session era)."""
+        req = self.mcp_request
+        if req is None or req.era != "session" or req.kind != "request":
+            return False
+        accept = b",".join(v for n, v in self.head.headers if n == b"accept").lower()
+        return b"text/event-stream" in accept
+
+    def open_held_stream(self, aid: str, spec) -> None:
+        """Answer now with an SSE stream; tell the caller, through the client, that a reviewer decides.
+
+        With the elicitation capability declared at `initialize`, the gate sends its own
+        `elicitation/create` (id `fastgate-<approval id>`): informational, the caller cannot
+        approve itself; its answer is absorbed by the gate. Otherwise a comment says the same."""
+        req = self.mcp_request
+        session = next((v.decode("latin-1") for n, v in self.head.headers if n == b"mcp-session-id"), None)
+        text = (f"The call to tool {req.tool!r} is waiting for approval {aid} by "
+                f"{', '.join(spec.reviewers)}. A reviewer decides; nothing needs to be entered here.")
+        if session is not None and self.client.state.mcp_elicit.get(session):
+            first = sse_event(orjson.dumps({"jsonrpc": "2.0", "id": f"fastgate-{aid}", "method": "elicitation/create",
+                                            "params": {"mode": "form", "message": text,
+                                                       "requestedSchema": {"type": "object", "properties": {}}}}))
+        else:
+            first = b": " + text.encode() + b"\r\n\r\n"
+        close = b"connection: close\r\n" if (self.close_after or self.client.draining) else b""
+        self.client.write(http1.status_line(200) + b"content-type: text/event-stream\r\ncache-control: no-cache\r\n"
+                          b"transfer-encoding: chunked\r\nx-request-id: %s\r\n%s\r\n" % (
+                              self.request_id.encode(), close) + http1.chunk(first))
+        self.status = 200
+        self.response_started = self.head_sent = self.sse_held = True
 
     def mcp_refusal(self, req, refusal: Refusal) -> Refusal:
         error = refusal.body.get("error")
@@ -599,9 +644,17 @@ class Call:
                 spec=spec, request_hash=request_hash, summary=self.approval_summary())
             self.holding = True
             waited = time.perf_counter()
+            waiter = self.client.loop.create_task(approvals.wait(aid))
             try:
-                outcome = await approvals.wait(aid)
+                if self.mcp_streams():
+                    self.open_held_stream(aid, spec)
+                    while not waiter.done():  # keep the stream (and the client's patience) alive
+                        await asyncio.wait({waiter}, timeout=MCP_KEEPALIVE_S)
+                        if not waiter.done():
+                            self.client.write(http1.chunk(b": waiting for approval\r\n\r\n"))
+                outcome = await waiter
             except asyncio.CancelledError:
+                waiter.cancel()
                 approvals.withdraw(aid, "caller disconnected")
                 raise
             finally:
@@ -732,7 +785,13 @@ class Call:
             if req.method == "initialize" and 200 <= rh.status < 300:
                 for name, value in rh.headers:
                     if name == b"mcp-session-id":
-                        self.client.state.mcp_sessions.bind(value.decode("latin-1"), self.caller.subject)
+                        sid = value.decode("latin-1")
+                        self.client.state.mcp_sessions.bind(sid, self.caller.subject)
+                        if "elicitation" in req.client_capabilities:
+                            elicit = self.client.state.mcp_elicit
+                            elicit[sid] = True
+                            if len(elicit) > 10000:  # bounded like the session bindings
+                                del elicit[next(iter(elicit))]
             if req.method == "tools/list" and rh.has_body and 200 <= rh.status < 300:
                 content_type = next((v.decode("latin-1") for n, v in rh.headers if n == b"content-type"), "")
                 self.masker = ToolsListBody(mcp.ToolsListFilter(self.visible_tools()), content_type)
@@ -751,6 +810,15 @@ class Call:
                 raise UpstreamError(502, f"response could not be scanned: {exc}") from None
             drop = _RESPONSE_REWRITE_DROP if self.masker.decoded else _RESPONSE_MASK_DROP
             content_length = None  # masking changes the length: re-framed below
+        if self.sse_held:  # the stream's head left while the call waited: the answer becomes events
+            self.wrap_json = not any(n == b"content-type" and v.lower().startswith(b"text/event-stream")
+                                     for n, v in rh.headers)
+            self.rechunk = True
+            if self.recorded:
+                self.response_headers = rh.headers
+                self.digest = hashlib.sha256()
+                self.capture = []
+            return
         parts = [http1.status_line(rh.status, rh.reason)]
         for name, value in rh.headers:
             if name in drop or name in tokens:
@@ -783,6 +851,9 @@ class Call:
             if not data:
                 return
         self.keep(data)
+        if self.wrap_json:
+            self.wrapped.append(data)
+            return
         self.out.append(http1.chunk(data) if self.rechunk else data)
         if len(self.out) > 8:
             self.flush()
@@ -806,6 +877,8 @@ class Call:
         early on still gets a clean 502 instead of a cut connection."""
         if self.masker is not None and not self.head_sent and len(self.out) == 1:
             return
+        if self.sse_held and not self.out:
+            return
         if self.out:
             self.client.write(b"".join(self.out))
             self.out.clear()
@@ -820,7 +893,12 @@ class Call:
                 return
             if tail:
                 self.keep(tail)
-                self.out.append(http1.chunk(tail) if self.rechunk else tail)
+                if self.wrap_json:
+                    self.wrapped.append(tail)
+                else:
+                    self.out.append(http1.chunk(tail) if self.rechunk else tail)
+        if self.wrap_json:
+            self.out.append(http1.chunk(sse_event(b"".join(self.wrapped))))
         if self.rechunk:
             self.out.append(LAST_CHUNK)
         self.flush()
@@ -870,6 +948,13 @@ class Call:
 
     def refuse(self, refusal: Refusal) -> None:
         if self.finished:
+            return
+        if self.sse_held and self.upstream_started == 0.0:
+            payload = refusal.raw if refusal.raw is not None else orjson.dumps(refusal.body)
+            self.refusal_payload = payload
+            self.refusal_error = str(refusal.body.get("error") or "refused")
+            self.client.write(http1.chunk(sse_event(payload)) + LAST_CHUNK)
+            self.finish()
             return
         if self.response_started:
             self.client.abort()

@@ -235,3 +235,122 @@ def test_records_name_the_mcp_session_id_era_and_tool(gw, mcp_up):
                            "session": s.sid, "jsonrpc_id": s.next_id - 1, "method": "tools/call",
                            "tool": "delete_customer"}
     assert view["events"][0]["type"] == "call.refused"
+
+
+@pytest.fixture(scope="module")
+def held_gw(mcp_up, tmp_path_factory):
+    config = base_config(
+        mcp_up.port,
+        identity={"api_keys": [{"name": f"{who}-bot", "sha256": hashlib.sha256(k.encode()).hexdigest(),
+                                "groups": [who]} for who, k in KEYS.items()]},
+        approvals={"reviewers": {"bob": ["leads"]}},
+        upstreams={"mcp": {"url": f"http://127.0.0.1:{mcp_up.port}"}},
+        functions=[{"name": f, "upstream": "mcp", "mcp": {"endpoint": "/mcp", "tool": f}}
+                   for f in ("lookup_customer", "delete_customer")],
+        pii={"detectors": ["email"], "scan": ["response"]},
+        rules=[{"id": "lookup", "functions": ["lookup_customer"], "groups": ["support"], "effect": "allow"},
+               {"id": "deletes-need-a-lead", "functions": ["delete_customer"], "groups": ["support"],
+                "effect": "approve", "approval": {"reviewers": ["leads"], "timeout": "20s", "mode": "hold"}}])
+    gateway = Gateway.start(config, tmp_path_factory.mktemp("mcp-held"))
+    yield gateway
+    gateway.stop()
+
+
+def _admin(gw, *args):
+    import os
+    import subprocess
+    import sys
+
+    from support.gateway import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "fastgate", "admin", "--socket", str(gw.workdir / "var" / "admin.sock"),
+                           "--json", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    return proc.returncode, json.loads(proc.stdout or proc.stderr or "null")
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+def test_held_tool_call_asks_through_elicitation_and_a_reviewer_decides(held_gw, mcp_up, decision):
+    """Session era with the elicitation capability: the gate holds the POST as SSE, tells the caller
+    (through the client) which approval it waits for, absorbs the client's answer, and forwards the
+    call only when a reviewer (never the caller) approves."""
+    import asyncio
+    import threading
+    import time
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp_types import ElicitResult
+
+    seen: dict = {}
+
+    async def on_elicit(context, params):
+        seen["message"] = params.message
+        return ElicitResult(action="accept", content={})
+
+    def reviewer():
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            code, items = _admin(held_gw, "approvals", "list")
+            pending = [a["id"] for a in items or [] if a["state"] == "pending"]
+            if pending:
+                seen["aid"] = pending[0]
+                seen["answer"] = _admin(held_gw, "approvals", decision, pending[0], "--reviewer", "bob")
+                return
+            time.sleep(0.1)
+
+    async def drive() -> dict:
+        async with httpx2.AsyncClient(headers={"X-Api-Key": KEYS["support"]}) as http:
+            async with Client(streamable_http_client(f"{held_gw.url}/mcp", http_client=http),
+                              elicitation_callback=on_elicit) as client:
+                t = threading.Thread(target=reviewer)
+                t.start()
+                try:
+                    result = await client.call_tool("delete_customer", {"id": "c-7"})
+                    seen["result"] = result.structured_content
+                except Exception as exc:
+                    seen["error"] = f"{type(exc).__name__}: {exc}"
+                t.join(20)
+                seen["after"] = (await client.call_tool("lookup_customer", {"id": "c-8"})).structured_content
+        return seen
+
+    before = len(mcp_up.calls)
+    out = asyncio.run(drive())
+    assert out["aid"] in out["message"]  # the caller learns what it waits for
+    assert out["answer"][0] == 0
+    deletes = [c for c in mcp_up.calls[before:] if c.get("params", {}).get("name") == "delete_customer"]
+    if decision == "approve":
+        assert out["result"]["customer"] == "c-7" and "REDACTED" in out["result"]["email"]
+        assert len(deletes) == 1
+    else:
+        assert "error" in out and not deletes
+    assert not any(str(c.get("id", "")).startswith("fastgate-") for c in mcp_up.calls)  # answer absorbed
+    assert out["after"]["customer"] == "c-8"  # the session goes on
+
+
+def test_held_tool_call_without_elicitation_streams_keepalive_then_result(held_gw, mcp_up):
+    import threading
+    import time
+
+    def reviewer():
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            items = _admin(held_gw, "approvals", "list")[1] or []
+            pending = [a["id"] for a in items if a["state"] == "pending"]
+            if pending:
+                _admin(held_gw, "approvals", "approve", pending[0], "--reviewer", "bob")
+                return
+            time.sleep(0.1)
+
+    s = Session(held_gw, "support").open()  # no elicitation capability declared
+    t = threading.Thread(target=reviewer)
+    t.start()
+    r = s.rpc("tools/call", {"name": "delete_customer", "arguments": {"id": "c-5"}})
+    t.join(20)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    lines = r.text.splitlines()
+    assert lines[0].startswith(": The call to tool 'delete_customer' is waiting for approval ap_")
+    data = json.loads("".join(line[len("data: "):] for line in lines if line.startswith("data: ")))
+    assert data["id"] == s.next_id - 1 and data["result"]["structuredContent"]["customer"] == "c-5"
+    assert "jane.doe@example.com" not in r.text
