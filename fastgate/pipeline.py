@@ -528,10 +528,11 @@ class Call:
                 raise Refusal(405, {"error": "method_not_allowed"})
             if not self.visible_tools():
                 raise Refusal(403, {"error": "denied", "rule": None})
-            if session is None or not binder.check(session, subject):
-                raise Refusal(404, {"error": "unknown_session"})
-            if head.method == b"DELETE":
-                binder.forget(session)
+            if session is not None:  # servers without sessions take GET streams without an id
+                if not binder.check(session, subject):
+                    raise Refusal(404, {"error": "unknown_session"})
+                if head.method == b"DELETE":
+                    binder.forget(session)
             self.decision = MCP_PASS
             return
         if head.method != b"POST":

@@ -354,3 +354,10 @@ def test_held_tool_call_without_elicitation_streams_keepalive_then_result(held_g
     data = json.loads("".join(line[len("data: "):] for line in lines if line.startswith("data: ")))
     assert data["id"] == s.next_id - 1 and data["result"]["structuredContent"]["customer"] == "c-5"
     assert "jane.doe@example.com" not in r.text
+
+
+def test_get_stream_without_session_reaches_the_server_only_for_callers_with_a_tool(gw, mcp_up):
+    ok = httpx.get(f"{gw.url}/mcp", headers={"X-Api-Key": KEYS["support"], "Accept": "text/event-stream"})
+    assert ok.status_code == 501  # the test server has no GET stream: its own answer came back
+    nope = httpx.get(f"{gw.url}/mcp", headers={"X-Api-Key": KEYS["outsider"], "Accept": "text/event-stream"})
+    assert nope.status_code == 403
