@@ -286,9 +286,10 @@ class Call:
                 await self.mcp_stage()
             else:
                 redactor = tables.redact_request.get(self.function)
-                if self.head.has_body and (redactor is not None or tables.policy.needs_args(self.function)):
+                needs_args = tables.policy.needs_args(self.function)
+                if self.head.has_body and (redactor is not None or needs_args):
                     await self.read_body()
-                    if tables.policy.needs_args(self.function):
+                    if needs_args:
                         self.parse_arguments()
                 await self.decide()
                 if redactor is not None and self.head.has_body:

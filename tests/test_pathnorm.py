@@ -12,23 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastgate._core import compiled, load, reference
+from fastgate._core import compiled, compiled_or_none, load, reference
 
 NO_EXTENSIONS = bool(os.environ.get("FASTGATE_NO_EXTENSIONS"))
 PY = reference("pathnorm")
 PathError = PY.PathError
 
 
-def _compiled_or_none():
-    if NO_EXTENSIONS:
-        return None
-    try:
-        return compiled("pathnorm")
-    except ImportError:
-        return None
 
 
-C = _compiled_or_none()
+C = compiled_or_none("pathnorm")
 C_MISSING = "FASTGATE_NO_EXTENSIONS is set" if NO_EXTENSIONS else "compiled pathnorm not built"
 
 IMPLS = [

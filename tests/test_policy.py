@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fastgate._core import compiled, load, reference
+from fastgate._core import compiled, compiled_or_none, load, reference
 from fastgate.config import ApprovalSpec, parse_config
 from fastgate.policy import (
     MISSING,
@@ -30,16 +30,9 @@ NO_EXTENSIONS = bool(os.environ.get("FASTGATE_NO_EXTENSIONS"))
 PY = reference("policy")
 
 
-def _compiled_or_none():
-    if NO_EXTENSIONS:
-        return None
-    try:
-        return compiled("policy")
-    except ImportError:
-        return None
 
 
-C = _compiled_or_none()
+C = compiled_or_none("policy")
 C_MISSING = "FASTGATE_NO_EXTENSIONS is set" if NO_EXTENSIONS else "compiled policy not built"
 IMPLS = [
     pytest.param(PY, id="py"),

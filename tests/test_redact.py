@@ -14,23 +14,16 @@ import zlib
 import pytest
 
 from fastgate import pii
-from fastgate._core import compiled, load, reference
+from fastgate._core import compiled, compiled_or_none, load, reference
 from fastgate.redaction import RedactionError, Redactor, Stream
 
 NO_EXTENSIONS = bool(os.environ.get("FASTGATE_NO_EXTENSIONS"))
 PY = reference("redact")
 
 
-def _compiled_or_none():
-    if NO_EXTENSIONS:
-        return None
-    try:
-        return compiled("redact")
-    except ImportError:
-        return None
 
 
-C = _compiled_or_none()
+C = compiled_or_none("redact")
 C_MISSING = "FASTGATE_NO_EXTENSIONS is set" if NO_EXTENSIONS else "compiled redact not built"
 IMPLS = [pytest.param(PY, id="py"),
          pytest.param(C, id="c", marks=pytest.mark.skipif(C is None, reason=C_MISSING))]

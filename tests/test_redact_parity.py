@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fastgate import pii
-from fastgate._core import compiled, reference
+from fastgate._core import compiled_or_none, reference
 from fastgate.redaction import RedactionError, Redactor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,16 +30,9 @@ NO_EXTENSIONS = bool(os.environ.get("FASTGATE_NO_EXTENSIONS"))
 PY = reference("redact")
 
 
-def _compiled_or_none():
-    if NO_EXTENSIONS:
-        return None
-    try:
-        return compiled("redact")
-    except ImportError:
-        return None
 
 
-C = _compiled_or_none()
+C = compiled_or_none("redact")
 needs_c = pytest.mark.skipif(C is None, reason="compiled redact not available")
 IMPLS = [pytest.param(PY, id="py"),
          pytest.param(C, id="c", marks=pytest.mark.skipif(C is None, reason="compiled redact not available"))]

@@ -35,3 +35,14 @@ def reference(name: str) -> ModuleType:
 def compiled(name: str) -> ModuleType:
     """The compiled module; ImportError when it was not built."""
     return importlib.import_module(f"fastgate._core.{name}")
+
+
+def compiled_or_none(name: str) -> ModuleType | None:
+    """The compiled module, or None when it is off (FASTGATE_NO_EXTENSIONS) or not built: parity
+    tests run the compiled side only where it exists, and `test_compiled_*_loaded` says if not."""
+    if NO_EXTENSIONS:
+        return None
+    try:
+        return compiled(name)
+    except ImportError:
+        return None
