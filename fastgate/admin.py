@@ -213,6 +213,8 @@ class AdminServer:
         if self._server is None:
             return
         self._server.close()
+        for _ in range(3):  # let connections accepted just now reach _client and register
+            await asyncio.sleep(0)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -25,7 +25,8 @@ call tells the whole story.
     requested -> pending
     pending   + approved by R  -> R counted once; quorum distinct reviewers -> approved
     pending   + denied | expired | withdrawn -> that state (first decisive event wins)
-    approved  + used (async mode)     -> used        (consumed by the retried call)
+    approved  + used                  -> used        (consumed by the retried call: async mode,
+                                                    or an MCP 2026-07-28 retry in either mode)
     approved  + expired (async mode)  -> expired     (granted but not used before the deadline)
 
 Anything else (a second vote by the same reviewer, a decision after the outcome, a second `used`
@@ -34,8 +35,8 @@ processes are therefore settled by the store's seq order: a process that appends
 reads back up to that event's seq and answers by whether it counted. This is how a second
 redeem of one approval, in any worker, is refused even when both raced.
 
-Hold mode: `approved` is final (the held call is forwarded); async mode: `approved` until used
-or the deadline. One deadline (`spec.timeout` after the request) bounds both deciding and, in
+Hold mode: `approved` is final (the held call is forwarded; an MCP retry spends it); async mode:
+`approved` until used or the deadline. One deadline (`spec.timeout` after the request) bounds both deciding and, in
 async mode, using the approval.
 
 ## Expiry
@@ -444,7 +445,7 @@ class Approvals:
             elif outcome in ("denied", "expired", "withdrawn"):
                 entry.state = outcome
                 counted = True
-        elif before == "approved" and entry.mode == "async" and outcome in ("used", "expired"):
+        elif before == "approved" and (outcome == "used" or (entry.mode == "async" and outcome == "expired")):
             entry.state = outcome
             counted = True
         hist = (seq, str(outcome), reviewer, ev.get("comment"), str(ev.get("ts")), counted)
@@ -650,19 +651,58 @@ class Approvals:
             self._counts[what] += 1
             self._notify("approval.decided", entry)
 
+    def find(self, approval_id: str) -> _Approval | None:
+        """The approval, reading the store once more if another worker made it a moment ago."""
+        entry = self._index.get(approval_id)
+        if entry is None and not self._closed:
+            self._read_new(1 << 30)
+            entry = self._index.get(approval_id)
+        return entry
+
+    def _owned(self, approval_id: Any, caller: Any, function: str | None,
+               request_hash: str | None) -> _Approval | None:
+        """The approval if `caller` requested it (for this function and call, when given)."""
+        entry = self.find(approval_id) if isinstance(approval_id, str) else None
+        if entry is None:
+            return None
+        who = _caller_dict(caller)
+        if ((who["subject"], who["auth"]) != entry.caller_key
+                or (function is not None and entry.function != function)
+                or (request_hash is not None and entry.request_hash != request_hash)):
+            return None
+        return entry
+
+    def granted(self, approval_id: str, *, caller: Any, function: str, request_hash: str) -> bool:
+        """True when this caller already used this approval for this exact call (an MCP call the
+        upstream continues over more round trips after the approval was spent on it)."""
+        entry = self._owned(approval_id, caller, function, request_hash)
+        return entry is not None and entry.state == "used"
+
+    def withdraw_own(self, approval_id: str, *, caller: Any, reason: str, function: str | None = None,
+                     request_hash: str | None = None) -> bool:
+        """The requester takes its own pending call back (it declined to wait): never a vote."""
+        entry = self._owned(approval_id, caller, function, request_hash)
+        if entry is None or entry.state != "pending":
+            return False
+        self.withdraw(approval_id, reason)
+        return True
+
     async def redeem(self, approval_id: str, *, caller: Any, function: str, request_hash: str,
-                     session: str | None = None) -> None:
+                     session: str | None = None, any_mode: bool = False) -> None:
         """Async mode: consume a granted approval for this exact retry, or raise ApprovalRefused.
 
         Identity is checked before state, so another caller learns nothing about the approval.
-        `session` (optional) is the retried call's request id, recorded as `used_in`."""
-        entry = self._index.get(approval_id) if isinstance(approval_id, str) else None
+        `session` (optional) is the retried call's request id, recorded as `used_in`.
+        `any_mode` also takes hold-mode approvals: an MCP retry (2026-07-28) is the call that
+        waited, and spending the approval keeps a copied `requestState` from running it twice."""
+        entry = self.find(approval_id) if isinstance(approval_id, str) else None
         if entry is None:
             raise _denied("unknown")
         who = _caller_dict(caller)
         if (who["subject"], who["auth"]) != entry.caller_key:
             raise _denied("mismatch")
-        if entry.function != function or entry.request_hash != request_hash or entry.mode != "async":
+        if (entry.function != function or entry.request_hash != request_hash
+                or (entry.mode != "async" and not any_mode)):
             raise _denied("mismatch")
         now = time.time()
         state = entry.state

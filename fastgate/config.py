@@ -704,6 +704,16 @@ class Approvals(_Model):
     notify: Notify | None = None
     max_pending: PositiveInt = 1000
     max_pending_per_caller: PositiveInt = 20
+    state_secret: SecretStr | None = Field(None, description=(
+        "HMAC key (>= 32 bytes) sealing the requestState of MCP approval round trips; default: a "
+        "random key per start, shared by the workers"))
+
+    @field_validator("state_secret")
+    @classmethod
+    def _state_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value().encode()) < 32:
+            raise _fail("must be at least 32 bytes")
+        return secret
 
     @classmethod
     def _whole(cls, data: dict[str, Any], result: Any) -> list[tuple[Loc, str]]:

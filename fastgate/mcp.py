@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
+import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,18 +42,29 @@ __all__ = [
     "HEADER_MISMATCH",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
+    "LEGACY_TRANSPORT",
     "PARSE_ERROR",
     "SESSION_VERSIONS",
     "STATELESS_VERSIONS",
     "McpError",
+    "LegacyTransportProbe",
     "McpRequest",
+    "ResultStateWrapper",
     "SessionBinder",
+    "StateSealer",
     "ToolsListFilter",
+    "call_hash",
+    "gate_responses",
+    "input_required",
+    "is_gate_state",
     "metadata_url",
     "param_header_paths",
     "parse_message",
+    "process_state_key",
     "refusal",
     "resource_metadata",
+    "strip_gate_state",
+    "upstream_responses",
     "www_authenticate",
 ]
 
@@ -424,20 +439,125 @@ def refusal(request: McpRequest, kind: str, *, rule: str | None = None, approval
     return orjson.dumps(out)
 
 
-# ---------------------------------------------------------------------------- tools/list
+# ---------------------------------------------------------------------------- approval round trips
 
-class ToolsListFilter:
-    """Keeps only allowed tools in `tools/list` results; everything else passes unchanged.
+GATE_STATE_PREFIX = "fastgate1."
+GATE_INPUT_PREFIX = "fastgate-"
 
-    Upstream bodies the gate cannot read raise McpError(502, …): the pipeline fails closed
-    rather than forwarding a list it could not filter. `param_headers` collects the
-    `x-mcp-header` paths of the tools kept, for `parse_message`.
+
+def call_hash(tool: str, arguments: Mapping[str, Any]) -> str:
+    """What an approval is bound to: the tool and its arguments, not the JSON-RPC id or the
+    round-trip fields, which change on every retry."""
+    return hashlib.sha256(orjson.dumps([tool, arguments], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class StateSealer:
+    """HMAC-SHA256 sealed `requestState` for the gate's own round trips (2026-07-28).
+
+    The client echoes the state verbatim; the gate believes nothing in it that it did not sign,
+    and the expiry `e` bounds how long a copy is worth anything. Workers share one key (made
+    before fork, or `approvals.state_secret`), so any worker can open what another sealed.
     """
 
-    def __init__(self, allowed: Iterable[str], max_event: int = 4 * 2**20) -> None:
-        self.allowed = frozenset(allowed)
-        self.max_event = max_event
-        self.param_headers: dict[str, dict[str, tuple[str, ...]]] = {}
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("the requestState key needs at least 32 bytes")
+        self._key = key
+
+    def _mac(self, body: bytes) -> bytes:
+        return base64.urlsafe_b64encode(hmac.new(self._key, body, hashlib.sha256).digest()).rstrip(b"=")
+
+    def seal(self, fields: Mapping[str, Any]) -> str:
+        body = GATE_STATE_PREFIX.encode() + base64.urlsafe_b64encode(orjson.dumps(fields)).rstrip(b"=")
+        return (body + b"." + self._mac(body)).decode()
+
+    def open(self, token: str, id: Any, now: float | None = None) -> dict[str, Any]:
+        """The signed fields, or McpError (in-band -32602) for a forged, altered or stale state."""
+        def bad() -> McpError:
+            return McpError(200, INVALID_PARAMS, "Invalid params: invalid or expired requestState", id)
+
+        body, dot, mac = token.encode("utf-8", "replace").rpartition(b".")
+        if not dot or not hmac.compare_digest(mac, self._mac(body)):
+            raise bad()
+        try:
+            data = body[len(GATE_STATE_PREFIX):]
+            fields = orjson.loads(base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4)))
+        except (binascii.Error, ValueError):
+            raise bad() from None
+        if type(fields) is not dict or not isinstance(fields.get("e"), (int, float)):
+            raise bad()
+        if fields["e"] <= (time.time() if now is None else now):
+            raise bad()
+        return fields
+
+
+_PROCESS_KEY: list[bytes] = []
+
+
+def process_state_key() -> bytes:
+    """A random key for this run: made once (before fork, by the supervisor), so every worker
+    opens what another sealed; a restart invalidates states in flight (the client calls again)."""
+    if not _PROCESS_KEY:
+        _PROCESS_KEY.append(secrets.token_bytes(32))
+    return _PROCESS_KEY[0]
+
+
+def is_gate_state(value: Any) -> bool:
+    return type(value) is str and value.startswith(GATE_STATE_PREFIX)
+
+
+def gate_responses(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The client's answers to the gate's own input requests (keys `fastgate-…`)."""
+    answers = params.get("inputResponses")
+    if type(answers) is not dict:
+        return {}
+    return {k: v for k, v in answers.items() if k.startswith(GATE_INPUT_PREFIX)}
+
+
+def upstream_responses(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The client's answers to the upstream's input requests, if any."""
+    answers = params.get("inputResponses")
+    if type(answers) is not dict:
+        return None
+    return {k: v for k, v in answers.items() if not k.startswith(GATE_INPUT_PREFIX)} or None
+
+
+def strip_gate_state(message: Mapping[str, Any], upstream_state: str | None,
+                     upstream_inputs: Mapping[str, Any] | None = None) -> bytes:
+    """The message the upstream gets: the gate's own round-trip fields removed, the upstream's
+    own `requestState` (and answers kept from an earlier round) put back."""
+    params = dict(message.get("params") or {})
+    answers = dict(upstream_inputs or {})
+    answers.update(upstream_responses(params) or {})
+    params.pop("inputResponses", None)
+    params.pop("requestState", None)
+    if answers:
+        params["inputResponses"] = answers
+    if upstream_state is not None:
+        params["requestState"] = upstream_state
+    return orjson.dumps({**message, "params": params})
+
+
+def input_required(request: McpRequest, approval_id: str, message: str, state: str) -> bytes:
+    """A 2026-07-28 `input_required` result: an elicitation that tells the human the call waits
+    for approval `approval_id` (a reviewer decides, not the answer), plus the sealed state the
+    client's retry must carry."""
+    ask = {"method": "elicitation/create",
+           "params": {"mode": "form", "message": message,
+                      "requestedSchema": {"type": "object", "properties": {}}}}
+    result = {"resultType": "input_required", "inputRequests": {GATE_INPUT_PREFIX + approval_id: ask},
+              "requestState": state}
+    return orjson.dumps({"jsonrpc": "2.0", "id": request.id, "result": result})
+
+
+# ---------------------------------------------------------------------------- answer rewriting
+
+class _Rewriter:
+    """Rewrites JSON-RPC messages in an upstream answer, JSON or SSE; `_payload` returns the new
+    bytes of one message, or None to pass it verbatim. Upstream bodies the gate cannot read
+    raise McpError(502, …): the pipeline fails closed rather than pass what it could not check."""
+
+    max_event = 4 * 2**20
 
     def filter_json(self, body: bytes) -> bytes:
         """A whole `application/json` response body."""
@@ -448,12 +568,50 @@ class ToolsListFilter:
         """A `text/event-stream` response: `feed(chunk) -> bytes`, `close() -> bytes`."""
         return _SseFilter(self)
 
+    def _read(self, payload: bytes, what: str) -> Any:
+        try:
+            return parse_args(payload, _MAX_DEPTH)
+        except ArgsError as exc:
+            raise McpError(502, INTERNAL_ERROR, f"unreadable upstream {what}: {exc.detail}") from None
+
+    def _payload(self, payload: bytes) -> bytes | None:
+        raise NotImplementedError
+
+
+class ResultStateWrapper(_Rewriter):
+    """After an approved call, an upstream `input_required` result gets the gate's sealed state
+    wrapped around its own, so the client's retry continues the approved call instead of asking
+    for a second approval; the upstream gets its own state back on that retry."""
+
+    def __init__(self, seal: Any) -> None:
+        self._seal = seal  # upstream requestState | None -> the gate's sealed state
+
+    def _payload(self, payload: bytes) -> bytes | None:
+        msg = self._read(payload, "tools/call answer")
+        result = msg.get("result") if type(msg) is dict else None
+        if type(result) is not dict or result.get("resultType") != "input_required":
+            return None
+        upstream = result.get("requestState")
+        result["requestState"] = self._seal(upstream if type(upstream) is str else None)
+        return orjson.dumps(msg)
+
+
+# ---------------------------------------------------------------------------- tools/list
+
+class ToolsListFilter(_Rewriter):
+    """Keeps only allowed tools in `tools/list` results; everything else passes unchanged.
+
+    `param_headers` collects the `x-mcp-header` paths of the tools kept, for `parse_message`.
+    """
+
+    def __init__(self, allowed: Iterable[str], max_event: int = 4 * 2**20) -> None:
+        self.allowed = frozenset(allowed)
+        self.max_event = max_event
+        self.param_headers: dict[str, dict[str, tuple[str, ...]]] = {}
+
     def _payload(self, payload: bytes) -> bytes | None:
         """Filtered JSON, or None when the message is not a tools list and passes verbatim."""
-        try:
-            msg = parse_args(payload, _MAX_DEPTH)
-        except ArgsError as exc:
-            raise McpError(502, INTERNAL_ERROR, f"unreadable upstream tools/list: {exc.detail}") from None
+        msg = self._read(payload, "tools/list")
         if type(msg) is not dict or "result" not in msg:
             return None  # notifications, server requests, error responses
         result = msg["result"]
@@ -484,7 +642,7 @@ class _SseFilter:
     event whose payload is rewritten gets one `data:` line where its first data line was.
     """
 
-    def __init__(self, owner: ToolsListFilter) -> None:
+    def __init__(self, owner: _Rewriter) -> None:
         self._owner = owner
         self._buf = b""
         self._lines: list[tuple[bytes, bytes]] = []
@@ -557,6 +715,49 @@ class _SseFilter:
         rebuilt = [b"data: " + new + lines[k][1] if k == first else line + eol
                    for k, (line, eol) in enumerate(lines) if k == first or k not in skip]
         return b"".join(rebuilt) + (end or b"")
+
+
+# ---------------------------------------------------------------------------- 2024-11-05 transport
+
+LEGACY_TRANSPORT = ("the MCP HTTP+SSE transport (2024-11-05) is not served through fastgate: its answers "
+                    "arrive on a separate stream the gate cannot tie to the calls it decided; use streamable "
+                    "HTTP (protocol 2025-03-26 or later)")
+
+
+_EVENT_END = re.compile(rb"(?:\r\n|\n|\r(?!\n)){2}")  # a blank line: CRLF is one line end, not two
+
+
+class LegacyTransportProbe:
+    """Looks at the first event of a GET stream opened without a session or a protocol version:
+    a 2024-11-05 server opens with `event: endpoint` (the URL to POST to). That transport answers
+    on this stream instead of the POST, so the gate could neither mask nor filter per call: it is
+    refused (McpError 501) before anything reaches the client. Other streams pass unchanged once
+    their first event is complete (or after `limit` bytes)."""
+
+    def __init__(self, limit: int = 64 * 1024) -> None:
+        self._buf = b""
+        self._limit = limit
+        self._passing = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._passing:
+            return chunk
+        self._buf += chunk
+        m = _EVENT_END.search(self._buf)
+        if m is None and len(self._buf) < self._limit:
+            return b""
+        first = self._buf[:m.start()] if m is not None else b""
+        for line in _LINE_END.split(first.lstrip(b"\xef\xbb\xbf")):
+            name, _, value = line.partition(b":")
+            if name == b"event" and value.strip(b" ") == b"endpoint":
+                raise McpError(501, INVALID_REQUEST, LEGACY_TRANSPORT)
+        self._passing = True
+        out, self._buf = self._buf, b""
+        return out
+
+    def close(self) -> bytes:
+        out, self._buf = self._buf, b""
+        return out
 
 
 # ---------------------------------------------------------------------------- authorization

@@ -47,6 +47,7 @@ _IDENTITY_PREFIX = b"x-fastgate-"
 GATEWAY_JWKS_PATH = b"/.well-known/fastgate/jwks.json"
 MCP_METADATA_PREFIX = b"/.well-known/oauth-protected-resource/"
 MCP_KEEPALIVE_S = 15.0
+MCP_GRANT_TTL_S = 600.0  # an approved call's own round trips (upstream input_required) continue this long
 MCP_PASS = Decision("allow", None, "MCP method: the caller may call a tool at this endpoint")
 MCP_DENY = Decision("deny", None, "MCP method: the caller may call no tool at this endpoint")
 _RESPONSE_DROP = HOP_BY_HOP | frozenset({b"x-request-id"})
@@ -103,6 +104,9 @@ class Tables:
         self.mcp_upstream = {fn.mcp.endpoint: fn.upstream for fn in config.functions if fn.mcp is not None}
         jwt = config.identity.jwt
         self.mcp_issuer = jwt.issuer if jwt is not None else None
+        secret = config.approvals.state_secret
+        self.mcp_sealer = mcp.StateSealer(secret.get_secret_value().encode() if secret is not None
+                                          else mcp.process_state_key())
         self.fail_closed = config.audit.fail_closed
         self.audit_max_body = config.audit.max_body_bytes
         self.redact_request: dict[str, Redactor] = {}
@@ -162,12 +166,13 @@ def sse_event(payload: bytes) -> bytes:
     return b"event: message\r\n" + b"".join(b"data: %s\r\n" % line for line in lines) + b"\r\n"
 
 
-class ToolsListBody:
-    """A tools/list answer with the tools the caller may not call removed (JSON or SSE)."""
+class McpBody:
+    """An MCP answer rewritten message by message (JSON or SSE): a tools/list filtered for the
+    caller, or an approved call's `input_required` with the gate's state wrapped around it."""
 
     decoded = False
 
-    def __init__(self, flt: "mcp.ToolsListFilter", content_type: str) -> None:
+    def __init__(self, flt: "mcp._Rewriter", content_type: str) -> None:
         self.filter = flt
         self.sse = content_type.split(";")[0].strip().lower() == "text/event-stream"
         self.inner = flt.stream() if self.sse else None
@@ -183,6 +188,41 @@ class ToolsListBody:
         if self.inner is not None:
             return self.inner.close()
         return self.filter.filter_json(b"".join(self.parts))
+
+
+class LegacyProbeBody:
+    """A GET stream that may be the 2024-11-05 transport: refused with 501 if it is."""
+
+    decoded = False
+
+    def __init__(self) -> None:
+        self.probe = mcp.LegacyTransportProbe()
+
+    def feed(self, data: bytes) -> bytes:
+        try:
+            return self.probe.feed(data)
+        except mcp.McpError as exc:
+            raise UpstreamError(501, "2024-11-05 HTTP+SSE transport",
+                                {"error": "unsupported_transport", "detail": exc.message}) from None
+
+    def close(self) -> bytes:
+        return self.probe.close()
+
+
+class ChainBody:
+    """Two answer rewriters in a row: the redactor first, so what the gate adds is never masked."""
+
+    def __init__(self, first, second) -> None:
+        self.first = first
+        self.second = second
+        self.decoded = first.decoded
+
+    def feed(self, data: bytes) -> bytes:
+        data = self.first.feed(data)
+        return self.second.feed(data) if data else b""
+
+    def close(self) -> bytes:
+        return self.second.feed(self.first.close()) + self.second.close()
 
 
 def audit_mask(redactor: Redactor, body: bytes) -> bytes:
@@ -211,7 +251,7 @@ class Call:
                  "args", "buffering", "body_waiter", "streaming", "continued", "masker", "request_decoded", "recorded", "capture", "captured",
                  "digest", "bytes_sent", "response_headers", "refusal_payload", "refusal_error",
                  "approval_id", "holding", "approval_wait_ms", "mcp_functions", "mcp_request", "sse_held",
-                 "wrap_json", "wrapped")
+                 "wrap_json", "wrapped", "mcp_state", "mcp_grant")
 
     def __init__(self, client: "ClientConnection", tables: Tables, head: RequestHead, request_id: str) -> None:
         self.client = client
@@ -267,6 +307,8 @@ class Call:
         self.sse_held = False
         self.wrap_json = False
         self.wrapped: list[bytes] = []
+        self.mcp_state: dict | None = None  # the gate's own requestState, opened (2026-07-28)
+        self.mcp_grant: str | None = None   # approval this MCP call runs under
 
     # -- stages ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -547,8 +589,18 @@ class Call:
         if req.era == "session" and session is not None and not binder.check(session, subject):
             raise Refusal(404, {"error": "unknown_session"})  # another caller's session, or a stale one
         if req.kind == "response" and isinstance(req.id, str) and req.id.startswith("fastgate-"):
+            # The answer to the gate's own elicitation, never the server's: accepting decides
+            # nothing (a reviewer does); declining withdraws the caller's own held call.
             self.decision = MCP_PASS
-            raise Refusal(202, {}, raw=b"")  # the answer to the gate's own elicitation: not the server's
+            result = req.message.get("result")
+            approvals = self.client.state.approvals
+            if (approvals is not None and type(result) is dict and result.get("action") in ("decline", "cancel")):
+                try:
+                    approvals.withdraw_own(req.id[len("fastgate-"):], caller=self.caller,
+                                           reason="the caller declined to wait")
+                except StoreUnavailable:
+                    raise Refusal(503, {"error": "unavailable"}) from None
+            raise Refusal(202, {}, raw=b"")
         visible = self.visible_tools()
         if req.method == "tools/call":
             function = visible.get(req.tool)
@@ -556,20 +608,67 @@ class Call:
                 raise self.in_band(req, "unknown_tool")
             self.function = function
             self.args = req.arguments
+            if req.era == "stateless":
+                self.take_gate_state(req)
             try:
                 await self.decide()
             except Refusal as refusal:
                 raise self.mcp_refusal(req, refusal) from None
+            redactor = self.tables.redact_request.get(function)
+            if redactor is not None:
+                self.mask_mcp_arguments(redactor)
             return
         if not visible:
             self.decision = MCP_DENY
             raise self.in_band(req, "denied")
         self.decision = MCP_PASS
 
-    def mcp_streams(self) -> bool:
-        """A held MCP call answers as an SSE stream when the client accepts one (session era)."""
+    def take_gate_state(self, req) -> None:
+        """A 2026-07-28 retry that carries the gate's own `requestState`: check its seal and that it
+        belongs to this caller and this exact call, then give the upstream the message without the
+        gate's fields (and with its own state, if the gate wrapped one)."""
+        params = req.params or {}
+        token = params.get("requestState")
+        ours = mcp.is_gate_state(token)
+        if not ours and not mcp.gate_responses(params):
+            return
+        if ours:
+            try:
+                state = self.tables.mcp_sealer.open(token, req.id)
+            except mcp.McpError as exc:
+                self.error = "bad_request_state"
+                raise Refusal(200, {}, raw=exc.body()) from None
+            caller = self.caller
+            if (state.get("s"), state.get("u"), state.get("f"), state.get("h")) != (
+                    caller.subject, caller.auth, self.function, self.request_hash()):
+                self.error = "bad_request_state"
+                raise Refusal(200, {}, raw=mcp.McpError(
+                    200, mcp.INVALID_PARAMS, "Invalid params: requestState belongs to another call", req.id).body())
+            self.mcp_state = state
+            upstream_state, kept = state.get("up"), state.get("ui")
+        else:  # answers to a gate question without its state: the upstream never sees them
+            upstream_state, kept = token, None
+        self.pending[:] = [mcp.strip_gate_state(req.message, upstream_state, kept)]
+        self.pending_bytes = len(self.pending[0])
+
+    def mask_mcp_arguments(self, redactor: Redactor) -> None:
+        """`redact.request` on an MCP tool: selectors address the arguments, as conditions do."""
         req = self.mcp_request
-        if req is None or req.era != "session" or req.kind != "request":
+        try:
+            stream = redactor.stream("application/json")
+            masked = orjson.loads(stream.feed(orjson.dumps(req.arguments)) + stream.close())
+        except (RedactionError, orjson.JSONDecodeError) as exc:
+            raise Refusal(400, {"error": "bad_request", "detail": f"arguments could not be scanned: {exc}"}) from None
+        message = orjson.loads(b"".join(self.pending))
+        message["params"]["arguments"] = masked
+        body = orjson.dumps(message)
+        self.pending[:] = [body]
+        self.pending_bytes = len(body)
+
+    def mcp_streams(self) -> bool:
+        """A held MCP call answers as an SSE stream when the client accepts one."""
+        req = self.mcp_request
+        if req is None or req.kind != "request":
             return False
         accept = b",".join(v for n, v in self.head.headers if n == b"accept").lower()
         return b"text/event-stream" in accept
@@ -584,7 +683,7 @@ class Call:
         session = next((v.decode("latin-1") for n, v in self.head.headers if n == b"mcp-session-id"), None)
         text = (f"The call to tool {req.tool!r} is waiting for approval {aid} by "
                 f"{', '.join(spec.reviewers)}. A reviewer decides; nothing needs to be entered here.")
-        if session is not None and self.client.state.mcp_elicit.get(session):
+        if req.era == "session" and session is not None and self.client.state.mcp_elicit.get(session):
             first = sse_event(orjson.dumps({"jsonrpc": "2.0", "id": f"fastgate-{aid}", "method": "elicitation/create",
                                             "params": {"mode": "form", "message": text,
                                                        "requestedSchema": {"type": "object", "properties": {}}}}))
@@ -604,12 +703,19 @@ class Call:
         if error == "denied":
             return self.in_band(req, "denied", rule=refusal.body.get("rule"))
         if error in ("approval_denied", "approval_expired"):
-            return self.in_band(req, error, approval_id=refusal.body.get("approval_id"))
+            aid = refusal.body.get("approval_id")
+            withdrawn = refusal.body.get("detail") == "withdrawn by the caller"
+            return self.in_band(req, error, approval_id=aid,
+                                message=f"approval {aid} was withdrawn by the caller" if withdrawn else None)
         return refusal  # 400/503 and friends stay HTTP answers
 
     # -- approvals --------------------------------------------------------------------------------
     def request_hash(self) -> str:
-        """Binds an approval to this exact call: method, normalized path, query and body bytes."""
+        """Binds an approval to this exact call: method, normalized path, query and body bytes;
+        for an MCP tool, the tool and its arguments (ids and round-trip fields change on retries)."""
+        req = self.mcp_request
+        if req is not None and req.tool is not None:
+            return mcp.call_hash(req.tool, req.arguments)
         digest = hashlib.sha256()
         digest.update(b"%s\n%s?%s\n" % (self.head.method, self.path.encode(), self._query.encode()))
         for piece in self.pending:
@@ -617,7 +723,8 @@ class Call:
         return digest.hexdigest()
 
     async def approve(self, decision) -> None:
-        """`effect: approve`: hold the call for reviewers, or answer 202 and redeem on the retry."""
+        """`effect: approve`: hold the call for reviewers, or answer 202 and redeem on the retry.
+        A 2026-07-28 MCP call asks through the client instead (`input_required`) when it can."""
         approvals = self.client.state.approvals
         if approvals is None:
             raise Refusal(503, {"error": "unavailable", "detail": "approvals are not running"})
@@ -625,8 +732,14 @@ class Call:
             await self.read_body()  # the approval is bound to the body as well
         spec = decision.approval
         request_hash = self.request_hash()
+        req = self.mcp_request
+        round_trips = req is not None and req.era == "stateless" and req.tool is not None
         try:
-            if spec.mode == "async":
+            if round_trips and self.mcp_state is not None:
+                outcome = await self.resume_approval(approvals, spec, request_hash)
+            elif round_trips and "elicitation" in req.client_capabilities:
+                await self.ask_for_approval(approvals, decision, request_hash)
+            elif spec.mode == "async":
                 presented = None
                 for name, value in self.head.headers:
                     if name == b"fastgate-approval":
@@ -641,27 +754,11 @@ class Call:
                                               summary=self.approval_summary())
                 raise Refusal(202, {"status": "pending", "approval_id": aid},
                               ((b"retry-after", b"%d" % approvals.pending_retry_after(aid)),))
-            aid = self.approval_id = await approvals.request(
-                session=self.request_id, caller=self.caller, function=self.function, rule=decision.rule,
-                spec=spec, request_hash=request_hash, summary=self.approval_summary())
-            self.holding = True
-            waited = time.perf_counter()
-            waiter = self.client.loop.create_task(approvals.wait(aid))
-            try:
-                if self.mcp_streams():
-                    self.open_held_stream(aid, spec)
-                    while not waiter.done():  # keep the stream (and the client's patience) alive
-                        await asyncio.wait({waiter}, timeout=MCP_KEEPALIVE_S)
-                        if not waiter.done():
-                            self.client.write(http1.chunk(b": waiting for approval\r\n\r\n"))
-                outcome = await waiter
-            except asyncio.CancelledError:
-                waiter.cancel()
-                approvals.withdraw(aid, "caller disconnected")
-                raise
-            finally:
-                self.holding = False
-                self.approval_wait_ms = (time.perf_counter() - waited) * 1000.0
+            else:
+                self.approval_id = await approvals.request(
+                    session=self.request_id, caller=self.caller, function=self.function, rule=decision.rule,
+                    spec=spec, request_hash=request_hash, summary=self.approval_summary())
+                outcome = await self.hold(approvals, self.approval_id, spec)
         except ApprovalRefused as refused:
             headers = ((b"retry-after", b"%d" % refused.retry_after),) if refused.retry_after else ()
             raise Refusal(refused.status, refused.body, headers) from None
@@ -670,7 +767,83 @@ class Call:
         if outcome == "approved":
             return
         error = "approval_expired" if outcome == "expired" else "approval_denied"
-        raise Refusal(403, {"error": error, "approval_id": aid})
+        raise Refusal(403, {"error": error, "approval_id": self.approval_id})
+
+    async def hold(self, approvals, aid: str, spec) -> str:
+        """Wait for the reviewers' outcome; an MCP caller that accepts SSE gets a stream kept alive
+        meanwhile. The caller going away withdraws the request."""
+        self.holding = True
+        waited = time.perf_counter()
+        waiter = self.client.loop.create_task(approvals.wait(aid))
+        try:
+            if self.mcp_streams():
+                self.open_held_stream(aid, spec)
+                while not waiter.done():  # keep the stream (and the client's patience) alive
+                    await asyncio.wait({waiter}, timeout=MCP_KEEPALIVE_S)
+                    if not waiter.done():
+                        self.client.write(http1.chunk(b": waiting for approval\r\n\r\n"))
+            return await waiter
+        except asyncio.CancelledError:
+            waiter.cancel()
+            approvals.withdraw(aid, "caller disconnected")
+            raise
+        finally:
+            self.holding = False
+            self.approval_wait_ms += (time.perf_counter() - waited) * 1000.0
+
+    async def ask_for_approval(self, approvals, decision, request_hash: str) -> None:
+        """2026-07-28 with elicitation: answer `input_required` now. The elicitation tells the human
+        which approval the call waits for; the sealed state brings the retry back to it."""
+        spec = decision.approval
+        aid = self.approval_id = await approvals.request(
+            session=self.request_id, caller=self.caller, function=self.function, rule=decision.rule,
+            spec=spec, request_hash=request_hash, summary=self.approval_summary())
+        req = self.mcp_request
+        params = req.params or {}
+        upstream_state = params.get("requestState")
+        state = self.tables.mcp_sealer.seal({
+            "k": "pending", "a": aid, "s": self.caller.subject, "u": self.caller.auth, "f": self.function,
+            "h": request_hash, "e": time.time() + float(spec.timeout),
+            "up": upstream_state if isinstance(upstream_state, str) else None,
+            "ui": mcp.upstream_responses(params)})
+        text = (f"The call to tool {req.tool!r} is waiting for approval {aid} by {', '.join(spec.reviewers)}. "
+                f"A reviewer decides: accept to keep waiting, decline to withdraw the call.")
+        self.error = "approval_pending"
+        raise Refusal(200, {"status": "pending", "approval_id": aid}, raw=mcp.input_required(req, aid, text, state))
+
+    async def resume_approval(self, approvals, spec, request_hash: str) -> str:
+        """The retry of a call the gate asked about: wait for (hold) or look up (async) the
+        approval named in the sealed state and spend it on this call; or continue a call whose
+        approval was already spent on it (the upstream asked for more input)."""
+        state = self.mcp_state
+        aid = self.approval_id = state.get("a")
+        who = {"caller": self.caller, "function": self.function, "request_hash": request_hash}
+        if state.get("k") == "grant":
+            if not approvals.granted(aid, **who):
+                raise ApprovalRefused(403, {"error": "approval_denied", "approval_id": aid})
+            self.mcp_grant = aid
+            return "approved"
+        answers = mcp.gate_responses(self.mcp_request.params or {}).values()
+        if any(type(a) is dict and a.get("action") in ("decline", "cancel") for a in answers):
+            approvals.withdraw_own(aid, reason="the caller declined to wait", **who)
+            raise ApprovalRefused(403, {"error": "approval_denied", "approval_id": aid,
+                                        "detail": "withdrawn by the caller"})
+        entry = approvals.find(aid)
+        if entry is None:
+            raise ApprovalRefused(403, {"error": "approval_expired", "approval_id": aid})
+        if entry.mode == "hold" and entry.state == "pending":
+            outcome = await self.hold(approvals, aid, spec)
+            if outcome != "approved":
+                return outcome
+        await approvals.redeem(aid, session=self.request_id, any_mode=True, **who)
+        self.mcp_grant = aid
+        return "approved"
+
+    def seal_grant(self, upstream_state: str | None) -> str:
+        """The state around an approved call's `input_required`: its retry needs no new approval."""
+        return self.tables.mcp_sealer.seal({
+            "k": "grant", "a": self.mcp_grant, "s": self.caller.subject, "u": self.caller.auth,
+            "f": self.function, "h": self.request_hash(), "e": time.time() + MCP_GRANT_TTL_S, "up": upstream_state})
 
     def approval_summary(self) -> dict:
         """What a reviewer sees: the masked request, never credentials."""
@@ -714,8 +887,8 @@ class Call:
         if self._query:
             target += b"?" + self._query.encode()
         parts = [b"%s %s HTTP/1.1\r\n" % (head.method, target)]
-        if self.function in self.tables.redact_response:
-            drop = drop | _ENCODING_DROP  # the answer is masked: ask for it uncompressed
+        if self.function in self.tables.redact_response or self.mcp_functions is not None:
+            drop = drop | _ENCODING_DROP  # the answer is masked or rewritten: ask for it uncompressed
         if self.request_decoded:
             drop = drop | {b"content-encoding"}
         for name, value in head.headers:
@@ -783,6 +956,12 @@ class Call:
         content_length = rh.content_length
         redactor = self.tables.redact_response.get(self.function) if rh.has_body else None
         req = self.mcp_request
+        if (req is None and self.mcp_functions is not None and head.method == b"GET" and rh.has_body
+                and 200 <= rh.status < 300 and not any(n in (b"mcp-session-id", b"mcp-protocol-version")
+                                                       for n, _ in head.headers)):
+            self.masker = LegacyProbeBody()  # no session, no version: maybe the 2024-11-05 transport
+            drop = _RESPONSE_MASK_DROP
+            content_length = None
         if req is not None:
             if req.method == "initialize" and 200 <= rh.status < 300:
                 for name, value in rh.headers:
@@ -796,7 +975,7 @@ class Call:
                                 del elicit[next(iter(elicit))]
             if req.method == "tools/list" and rh.has_body and 200 <= rh.status < 300:
                 content_type = next((v.decode("latin-1") for n, v in rh.headers if n == b"content-type"), "")
-                self.masker = ToolsListBody(mcp.ToolsListFilter(self.visible_tools()), content_type)
+                self.masker = McpBody(mcp.ToolsListFilter(self.visible_tools()), content_type)
                 drop = _RESPONSE_MASK_DROP
                 content_length = None
         if redactor is not None:
@@ -812,6 +991,16 @@ class Call:
                 raise UpstreamError(502, f"response could not be scanned: {exc}") from None
             drop = _RESPONSE_REWRITE_DROP if self.masker.decoded else _RESPONSE_MASK_DROP
             content_length = None  # masking changes the length: re-framed below
+        if (self.mcp_grant is not None and req is not None and req.era == "stateless" and rh.has_body
+                and 200 <= rh.status < 300):  # the upstream may ask for more input: keep the approval on it
+            content_type = next((v.decode("latin-1") for n, v in rh.headers if n == b"content-type"), "")
+            wrapper = McpBody(mcp.ResultStateWrapper(self.seal_grant), content_type)
+            if self.masker is None:
+                self.masker = wrapper
+                drop = _RESPONSE_MASK_DROP
+            else:
+                self.masker = ChainBody(self.masker, wrapper)
+            content_length = None
         if self.sse_held:  # the stream's head left while the call waited: the answer becomes events
             self.wrap_json = not any(n == b"content-type" and v.lower().startswith(b"text/event-stream")
                                      for n, v in rh.headers)
@@ -946,7 +1135,7 @@ class Call:
             return
         self.out.clear()
         code = "upstream_timeout" if error.status == 504 else "upstream_unavailable"
-        self.refuse(Refusal(error.status, {"error": code}))
+        self.refuse(Refusal(error.status, error.body or {"error": code}))
 
     def refuse(self, refusal: Refusal) -> None:
         if self.finished:

@@ -18,6 +18,7 @@ import time
 
 from fastgate.config import Config, ConfigError, load_config, parse_hostport
 from fastgate.approvals import Approvals
+from fastgate import mcp
 from fastgate.admin import AdminError, AdminServer, AdminSocketError, RecordCommands
 from fastgate.identity import Authenticator, gateway_jwks
 from fastgate.store import Appender, Store, StoreUnavailable
@@ -276,6 +277,7 @@ class Supervisor:
         self.children: dict[int, int] = {}  # pid -> index
         if config.identity.forward == "jwt":
             gateway_jwks()  # one signing key, made before fork, shared by every worker
+        mcp.process_state_key()  # likewise the key sealing MCP approval round trips
         self.stopping = False
         self.pending: list[int] = []
 

@@ -20,10 +20,11 @@ from fastgate.http1 import ResponseHead, response_parser, validate_response
 class UpstreamError(Exception):
     """The upstream failed; `status` is 502 (unavailable/malformed) or 504 (timed out)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, body: dict | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.body = body  # the answer the caller gets, when it is not the plain 502/504
 
 
 class Exchange(Protocol):

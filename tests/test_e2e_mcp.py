@@ -33,11 +33,12 @@ def gw(mcp_up, tmp_path_factory):
                                 "groups": [who]} for who, k in KEYS.items()]},
         upstreams={"mcp": {"url": f"http://127.0.0.1:{mcp_up.port}"}},
         functions=[{"name": f, "upstream": "mcp", "mcp": {"endpoint": "/mcp", "tool": f},
-                    **({"redact": {"response": ["$..ssn"]}} if f == "lookup_customer" else {})}
-                   for f in ("lookup_customer", "delete_customer", "stream_report")],
+                    **({"redact": {"response": ["$..ssn"], "request": ["$.card"]}} if f == "lookup_customer" else {})}
+                   for f in ("lookup_customer", "delete_customer", "stream_report")]
+        + [{"name": "legacy_lookup", "upstream": "mcp", "mcp": {"endpoint": "/sse", "tool": "lookup_customer"}}],
         pii={"detectors": ["email"], "scan": ["response"]},
-        rules=[{"id": "support-lookup", "functions": ["lookup_customer", "stream_report"], "groups": ["support"],
-                "effect": "allow"},
+        rules=[{"id": "support-lookup", "functions": ["lookup_customer", "stream_report", "legacy_lookup"],
+                "groups": ["support"], "effect": "allow"},
                {"id": "support-delete-small", "functions": ["delete_customer"], "groups": ["support"],
                 "when": [{"arg": "$.id", "op": "prefix", "value": "test-"}], "effect": "allow"},
                {"id": "no-interns", "functions": ["delete_customer"], "groups": ["intern"], "effect": "deny"},
@@ -192,14 +193,14 @@ def test_official_sdk_client_through_the_gate(gw, mcp_up):
     assert out["after"]["customer"] == "c-10"
 
 
-def _stateless(gw, who: str, body: dict, **headers) -> httpx.Response:
+def _stateless(gw, who: str, body: dict, timeout: float = 5.0, **headers) -> httpx.Response:
     """A 2026-07-28 (stateless) request: no session, the method and tool mirrored in headers."""
     base = {"X-Api-Key": KEYS[who], "Accept": ACCEPT, "MCP-Protocol-Version": "2026-07-28",
             "Mcp-Method": body["method"]}
     if body["method"] == "tools/call":
         base["Mcp-Name"] = body["params"]["name"]
     body["params"].setdefault("_meta", {})["io.modelcontextprotocol/protocolVersion"] = "2026-07-28"
-    return httpx.post(f"{gw.url}/mcp", json=body, headers={**base, **headers})
+    return httpx.post(f"{gw.url}/mcp", json=body, headers={**base, **headers}, timeout=timeout)
 
 
 def test_stateless_era_headers_must_agree_with_the_body(gw, mcp_up):
@@ -358,6 +359,160 @@ def test_held_tool_call_without_elicitation_streams_keepalive_then_result(held_g
 
 def test_get_stream_without_session_reaches_the_server_only_for_callers_with_a_tool(gw, mcp_up):
     ok = httpx.get(f"{gw.url}/mcp", headers={"X-Api-Key": KEYS["support"], "Accept": "text/event-stream"})
-    assert ok.status_code == 501  # the test server has no GET stream: its own answer came back
+    assert ok.status_code == 200 and ok.text == "id: 0\r\nretry: 1000\r\ndata: \r\n\r\n: ping\r\n\r\n"
     nope = httpx.get(f"{gw.url}/mcp", headers={"X-Api-Key": KEYS["outsider"], "Accept": "text/event-stream"})
     assert nope.status_code == 403
+
+
+# -- 2026-07-28: approval as a multi-round trip (input_required + the gate's sealed requestState) ----
+
+ELICIT = {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+
+
+def _messages(r: httpx.Response) -> list[dict]:
+    """The JSON-RPC messages of a JSON or SSE answer."""
+    if r.headers["content-type"].startswith("application/json"):
+        return [r.json()]
+    out, data = [], []
+    for line in r.text.replace("\r\n", "\n").split("\n"):
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+        elif not line and data:
+            out.append(json.loads("\n".join(data)))
+            data = []
+    return out
+
+
+def _call(gw, who: str, args: dict, *, rid: str = "r-1", meta: dict | None = None, **extra) -> httpx.Response:
+    params = {"name": "delete_customer", "arguments": args, "_meta": dict(ELICIT if meta is None else meta), **extra}
+    return _stateless(gw, who, {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params},
+                      timeout=30)
+
+
+def _approve_soon(gw, customer: str, decision: str = "approve"):
+    """A reviewer (bob) deciding the pending approval whose request names `customer`."""
+    import threading
+    import time
+
+    def reviewer():
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            pending = [a["id"] for a in _admin(gw, "approvals", "list")[1] or []
+                       if a["state"] == "pending" and f'"{customer}"' in ((a.get("summary") or {}).get("body") or "")]
+            if pending:
+                _admin(gw, "approvals", decision, pending[0], "--reviewer", "bob")
+                return
+            time.sleep(0.1)
+
+    t = threading.Thread(target=reviewer)
+    t.start()
+    return t
+
+
+def test_stateless_held_call_asks_input_then_runs_once_a_reviewer_approves(held_gw, mcp_up):
+    before = len(mcp_up.calls)
+    first = _call(held_gw, "support", {"id": "c-21"})
+    result = first.json()["result"]
+    assert first.status_code == 200 and first.json()["id"] == "r-1"
+    assert result["resultType"] == "input_required" and result["requestState"].startswith("fastgate1.")
+    [(key, ask)] = result["inputRequests"].items()
+    aid = key[len("fastgate-"):]
+    assert key.startswith("fastgate-ap_") and ask["method"] == "elicitation/create" and aid in ask["params"]["message"]
+    assert len(mcp_up.calls) == before  # nothing reached the server while the call waits
+    assert _admin(held_gw, "approvals", "show", aid)[1]["state"] == "pending"
+
+    t = _approve_soon(held_gw, "c-21")
+    retry = _call(held_gw, "support", {"id": "c-21"}, rid="r-2", requestState=result["requestState"],
+                  inputResponses={key: {"action": "accept", "content": {}}})
+    t.join(20)
+    [answer] = [m for m in _messages(retry) if "id" in m]
+    assert "result" in answer, answer
+    assert answer["id"] == "r-2" and answer["result"]["structuredContent"]["customer"] == "c-21"
+    forwarded = mcp_up.calls[-1]["params"]
+    assert forwarded["arguments"] == {"id": "c-21"}
+    assert "requestState" not in forwarded and "inputResponses" not in forwarded  # the gate's fields stay here
+    assert _admin(held_gw, "approvals", "show", aid)[1]["state"] == "used"
+
+    again = _call(held_gw, "support", {"id": "c-21"}, rid="r-3", requestState=result["requestState"],
+                  inputResponses={key: {"action": "accept", "content": {}}})
+    assert again.json()["error"]["code"] == -31002  # a copied state does not run the call twice
+    assert [c["params"]["arguments"] for c in mcp_up.calls[before:]] == [{"id": "c-21"}]  # ran exactly once
+
+
+def test_stateless_request_state_is_sealed_and_bound_to_the_call(held_gw, mcp_up):
+    first = _call(held_gw, "support", {"id": "c-22"})
+    state = first.json()["result"]["requestState"]
+    before = len(mcp_up.calls)
+    body, _, mac = state.rpartition(".")
+    forged = body + "." + ("A" if mac[0] != "A" else "B") + mac[1:]
+    bad = _call(held_gw, "support", {"id": "c-22"}, rid="r-9", requestState=forged)
+    assert bad.status_code == 200 and bad.json()["error"]["code"] == -32602 and bad.json()["id"] == "r-9"
+    other = _call(held_gw, "support", {"id": "c-other"}, requestState=state)
+    assert other.json()["error"]["code"] == -32602 and "another call" in other.json()["error"]["message"]
+    assert len(mcp_up.calls) == before
+
+
+def test_stateless_caller_declining_withdraws_its_call(held_gw, mcp_up):
+    first = _call(held_gw, "support", {"id": "c-23"})
+    result = first.json()["result"]
+    [key] = result["inputRequests"]
+    before = len(mcp_up.calls)
+    declined = _call(held_gw, "support", {"id": "c-23"}, requestState=result["requestState"],
+                     inputResponses={key: {"action": "decline"}})
+    error = declined.json()["error"]
+    assert error["code"] == -31002 and "withdrawn by the caller" in error["message"]
+    assert len(mcp_up.calls) == before
+    import time
+    time.sleep(0.3)  # the withdrawal is recorded in the background
+    assert _admin(held_gw, "approvals", "show", key[len("fastgate-"):])[1]["state"] == "withdrawn"
+
+
+def test_stateless_without_elicitation_holds_with_a_stream(held_gw, mcp_up):
+    t = _approve_soon(held_gw, "c-24")
+    r = _call(held_gw, "support", {"id": "c-24"}, meta={})
+    t.join(20)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.startswith(": The call to tool 'delete_customer' is waiting for approval ap_")
+    [answer] = _messages(r)
+    assert answer["result"]["structuredContent"]["customer"] == "c-24"
+
+
+def test_stateless_upstream_round_trips_continue_under_the_same_approval(held_gw, mcp_up):
+    """After approval the server asks its own question: the gate wraps the server's state in its
+    sealed one, so the retry runs without a second approval and the server gets its state back."""
+    first = _call(held_gw, "support", {"id": "c-25", "confirm": True}).json()["result"]
+    [key] = first["inputRequests"]
+    t = _approve_soon(held_gw, "c-25")
+    second = _call(held_gw, "support", {"id": "c-25", "confirm": True}, requestState=first["requestState"],
+                   inputResponses={key: {"action": "accept", "content": {}}})
+    t.join(20)
+    [asked] = [m for m in _messages(second) if "id" in m]
+    wrapped = asked["result"]
+    assert wrapped["resultType"] == "input_required" and "confirm" in wrapped["inputRequests"]
+    assert wrapped["requestState"].startswith("fastgate1.") and "up-state-1" not in wrapped["requestState"]
+    pending_before = [a for a in _admin(held_gw, "approvals", "list")[1] or [] if a["state"] == "pending"]
+    third = _call(held_gw, "support", {"id": "c-25", "confirm": True}, rid="r-3", requestState=wrapped["requestState"],
+                  inputResponses={"confirm": {"action": "accept", "content": {"ok": True}}})
+    [done] = [m for m in _messages(third) if "id" in m]
+    assert done["result"]["structuredContent"] == {"confirmed": "c-25"}
+    forwarded = mcp_up.calls[-1]["params"]
+    assert forwarded["requestState"] == "up-state-1" and set(forwarded["inputResponses"]) == {"confirm"}
+    pending_after = [a for a in _admin(held_gw, "approvals", "list")[1] or [] if a["state"] == "pending"]
+    assert len(pending_after) == len(pending_before)  # no second approval was asked for
+
+
+def test_the_2024_11_05_sse_transport_is_refused_clearly(gw, mcp_up):
+    """Its answers would arrive on the GET stream, past every per-call check: 501, nothing relayed."""
+    r = httpx.get(f"{gw.url}/sse", headers={"X-Api-Key": KEYS["support"], "Accept": "text/event-stream"})
+    assert r.status_code == 501
+    assert r.json()["error"] == "unsupported_transport" and "2024-11-05" in r.json()["detail"]
+    assert "endpoint" not in r.text and "session_id" not in r.text
+
+
+def test_request_redaction_addresses_the_tool_arguments(gw, mcp_up):
+    s = Session(gw, "support").open()
+    r = s.rpc("tools/call", {"name": "lookup_customer", "arguments": {"id": "c-31", "card": "4111 1111 1111 1111"}})
+    assert r.status_code == 200 and "result" in r.json()
+    sent = mcp_up.calls[-1]
+    assert sent["params"]["arguments"]["id"] == "c-31" and sent["id"] == s.next_id - 1
+    assert "4111" not in json.dumps(sent) and sent["params"]["arguments"]["card"] != "4111 1111 1111 1111"

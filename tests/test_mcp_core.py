@@ -1,4 +1,5 @@
-"""Sans-IO MCP core: parsing, header checks, refusals, tools/list filtering, session binding.
+"""Sans-IO MCP core: parsing, header checks, refusals, tools/list filtering, session binding,
+the sealed requestState of approval round trips, and the 2024-11-05 transport probe.
 
 Pure functions only: no gateway process, no sockets (the e2e suite with the MCP SDK comes with
 the pipeline wiring).
@@ -15,14 +16,22 @@ from hypothesis import strategies as st
 
 from fastgate.mcp import (
     HEADER_MISMATCH,
+    INVALID_PARAMS,
+    LegacyTransportProbe,
     McpError,
+    ResultStateWrapper,
     SessionBinder,
+    StateSealer,
     ToolsListFilter,
+    call_hash,
+    gate_responses,
+    input_required,
     metadata_url,
     param_header_paths,
     parse_message,
     refusal,
     resource_metadata,
+    strip_gate_state,
     www_authenticate,
 )
 
@@ -491,3 +500,105 @@ def test_fuzz_bytes(raw):
         parse_message(raw, [])
     except McpError:
         pass
+
+
+# -- approval round trips (2026-07-28) ------------------------------------------------------------
+
+KEY = bytes(range(32))
+
+
+def test_sealed_state_opens_only_unaltered_and_unexpired():
+    sealer = StateSealer(KEY)
+    token = sealer.seal({"k": "pending", "a": "ap_1", "e": 2_000, "up": None})
+    assert token.startswith("fastgate1.")
+    assert sealer.open(token, 7, now=1_000)["a"] == "ap_1"
+    for bad in (token[:-1] + ("A" if token[-1] != "A" else "B"),        # altered signature
+                token.replace("fastgate1.", "fastgate1.x", 1),            # altered body
+                StateSealer(bytes(32)).seal({"a": "ap_1", "e": 2_000}),  # another key
+                "fastgate1.", "fastgate1.e30", "", "\u00e9.\u00e9"):
+        with pytest.raises(McpError) as exc:
+            sealer.open(bad, 7, now=1_000)
+        assert exc.value.code == INVALID_PARAMS and exc.value.http_status == 200 and exc.value.id == 7
+    with pytest.raises(McpError):
+        sealer.open(token, 7, now=2_000)  # expired
+    with pytest.raises(ValueError):
+        StateSealer(b"short")
+
+
+@given(st.dictionaries(st.text(max_size=5), st.one_of(st.integers(-10, 10), st.text(max_size=8)), max_size=4),
+       st.binary(max_size=64))
+@settings(max_examples=200, deadline=None)
+def test_sealed_state_round_trips_and_garbage_is_refused(fields, garbage):
+    sealer = StateSealer(KEY)
+    fields = {**fields, "e": 10.0}
+    assert sealer.open(sealer.seal(fields), 1, now=0) == fields
+    with pytest.raises(McpError):
+        sealer.open("fastgate1." + garbage.decode("latin-1"), 1, now=0)
+
+
+def test_call_hash_ignores_key_order_but_not_values():
+    assert call_hash("t", {"a": 1, "b": {"x": 1, "y": 2}}) == call_hash("t", {"b": {"y": 2, "x": 1}, "a": 1})
+    assert call_hash("t", {"a": 1}) != call_hash("t", {"a": 2}) != call_hash("u", {"a": 2})
+
+
+def test_strip_gate_state_restores_the_upstream_round_trip():
+    msg = call(arguments={"id": 1}, id=9)
+    msg["params"].update(requestState="fastgate1.x.y",
+                         inputResponses={"fastgate-ap_1": {"action": "accept"}, "confirm": {"action": "accept"}})
+    assert gate_responses(msg["params"]) == {"fastgate-ap_1": {"action": "accept"}}
+    out = orjson.loads(strip_gate_state(msg, "up-1", {"earlier": {"action": "accept"}}))
+    assert out["id"] == 9 and out["params"]["requestState"] == "up-1"
+    assert out["params"]["inputResponses"] == {"earlier": {"action": "accept"}, "confirm": {"action": "accept"}}
+    bare = orjson.loads(strip_gate_state(msg | {"params": {**msg["params"], "inputResponses": {
+        "fastgate-ap_1": {}}}}, None))
+    assert "requestState" not in bare["params"] and "inputResponses" not in bare["params"]
+
+
+def test_input_required_names_the_approval():
+    req = parse_message(orjson.dumps(call(arguments={})), {
+        "mcp-protocol-version": [NEW], "mcp-method": ["tools/call"], "mcp-name": ["get_weather"]})
+    body = orjson.loads(input_required(req, "ap_9", "waiting for ap_9", "fastgate1.s.m"))
+    result = body["result"]
+    assert body["id"] == 1 and result["resultType"] == "input_required" and result["requestState"] == "fastgate1.s.m"
+    assert result["inputRequests"]["fastgate-ap_9"]["method"] == "elicitation/create"
+
+
+@pytest.mark.parametrize("sse", [False, True])
+def test_result_state_wrapper_wraps_only_input_required(sse):
+    wrapper = ResultStateWrapper(lambda up: f"sealed({up})")
+    asks = {"jsonrpc": "2.0", "id": 3, "result": {"resultType": "input_required", "requestState": "u",
+                                                  "inputRequests": {"q": {"method": "elicitation/create"}}}}
+    done = {"jsonrpc": "2.0", "id": 3, "result": {"resultType": "complete", "content": []}}
+    for msg, want in ((asks, "sealed(u)"), (done, None)):
+        raw = orjson.dumps(msg)
+        if sse:
+            stream = wrapper.stream()
+            out = b"".join(stream.feed(bytes([b])) for b in b"event: message\r\ndata: " + raw + b"\r\n\r\n")
+            out += stream.close()
+            got = orjson.loads(out.split(b"data: ", 1)[1].split(b"\r\n")[0])
+        else:
+            got = orjson.loads(wrapper.filter_json(raw))
+        assert got["result"].get("requestState") == (want or msg["result"].get("requestState"))
+    with pytest.raises(McpError):
+        wrapper.filter_json(b"{not json")
+
+
+# -- the 2024-11-05 HTTP+SSE transport ----------------------------------------------------------------
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_legacy_probe_refuses_an_endpoint_event_at_any_split(eol):
+    stream = b"event: endpoint" + eol + b"data: /messages?session_id=1" + eol + eol + b": ping" + eol + eol
+    for cut in range(len(stream) + 1):
+        probe = LegacyTransportProbe()
+        with pytest.raises(McpError) as exc:
+            probe.feed(stream[:cut])
+            probe.feed(stream[cut:])
+        assert exc.value.http_status == 501
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_legacy_probe_passes_other_streams_unchanged_at_any_split(eol):
+    stream = b"id: 0" + eol + b"data: " + eol + eol + b"event: message" + eol + b"data: {}" + eol + eol
+    for cut in range(len(stream) + 1):
+        probe = LegacyTransportProbe()
+        assert probe.feed(stream[:cut]) + probe.feed(stream[cut:]) + probe.close() == stream

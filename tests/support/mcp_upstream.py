@@ -2,7 +2,9 @@
 
 It speaks the wire format real SDK servers use: `initialize` issues an `Mcp-Session-Id`,
 notifications get 202, `tools/list` and `tools/call` answer JSON, or SSE when the client's
-`Accept` lists `text/event-stream` and the tool name starts with `stream_`. Tool results put
+`Accept` lists `text/event-stream` and the tool name starts with `stream_`. A call with
+`"confirm": true` in its arguments first answers `input_required` with its own `requestState`
+(the 2026-07-28 multi-round trip). Tool results put
 JSON inside `content[].text` and in `structuredContent`, as SDK servers do.
 """
 from __future__ import annotations
@@ -42,6 +44,18 @@ class McpUpstream:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_GET(self) -> None:  # noqa: N802
+                """/sse: a 2024-11-05 server (opens with `event: endpoint`); /mcp: a server-to-client
+                stream that starts with a priming event, as 2025-11-25 servers send."""
+                first = (b"event: endpoint\r\ndata: /messages?session_id=abc\r\n\r\n" if self.path == "/sse"
+                         else b"id: 0\r\nretry: 1000\r\ndata: \r\n\r\n")
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(first + b": ping\r\n\r\n")
+                self.close_connection = True
+
             def do_DELETE(self) -> None:  # noqa: N802
                 upstream.sessions.discard(self.headers.get("Mcp-Session-Id", ""))
                 self._send(200, b"")
@@ -65,6 +79,17 @@ class McpUpstream:
                     return
                 if method == "tools/list":
                     result = {"tools": TOOLS}
+                elif method == "tools/call" and msg["params"].get("arguments", {}).get("confirm"):
+                    # 2026-07-28 multi-round trip of the server's own: ask, then act on the answer
+                    params = msg["params"]
+                    if params.get("requestState") != "up-state-1" or "confirm" not in params.get("inputResponses", {}):
+                        ask = {"method": "elicitation/create",
+                               "params": {"mode": "form", "message": "sure?", "requestedSchema": {"type": "object"}}}
+                        result = {"resultType": "input_required", "inputRequests": {"confirm": ask},
+                                  "requestState": "up-state-1"}
+                    else:
+                        result = {"resultType": "complete", "structuredContent": {"confirmed": params["arguments"]["id"]},
+                                  "content": [{"type": "text", "text": "done"}]}
                 elif method == "tools/call":
                     args = msg["params"].get("arguments", {})
                     data = {"customer": args.get("id"), "email": "jane.doe@example.com", "ssn": "123-45-6789"}
