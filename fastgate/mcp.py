@@ -208,17 +208,21 @@ def parse_message(body: bytes, headers: Headers, *,
     body, and the upstream validates headers itself.
     """
     table = _header_table(headers)
-    version = _single(table, "mcp-protocol-version", None)
-    if version is None:
-        era, version = "session", ASSUMED_VERSION
-    elif version in SESSION_VERSIONS:
-        era = "session"
-    elif version in STATELESS_VERSIONS:
-        era = "stateless"
-    else:
-        raise McpError(400, UNSUPPORTED_VERSION, f"Unsupported protocol version: {version[:40]}",
-                       data={"supported": [*SESSION_VERSIONS[1:], *STATELESS_VERSIONS],
-                             "requested": version[:40]})
+    try:
+        version = _single(table, "mcp-protocol-version", None)
+        if version is None:
+            era, version = "session", ASSUMED_VERSION
+        elif version in SESSION_VERSIONS:
+            era = "session"
+        elif version in STATELESS_VERSIONS:
+            era = "stateless"
+        else:
+            raise McpError(400, UNSUPPORTED_VERSION, f"Unsupported protocol version: {version[:40]}",
+                           data={"supported": [*SESSION_VERSIONS[1:], *STATELESS_VERSIONS],
+                                 "requested": version[:40]})
+    except McpError as exc:
+        exc.id = _readable_id(body)  # JSON-RPC: an error names the request's id whenever it can be read
+        raise
 
     try:
         msg = parse_args(body, _MAX_DEPTH)
@@ -277,6 +281,15 @@ def parse_message(body: bytes, headers: Headers, *,
     else:
         session_id = _session_header(table, id)
     return McpRequest(kind, era, version, msg, id, method, params, tool, arguments, session_id, unchecked)
+
+
+def _readable_id(body: bytes) -> int | str | None:
+    try:
+        msg = parse_args(body, _MAX_DEPTH)
+    except (ArgsError, TypeError):
+        return None
+    raw = msg.get("id") if type(msg) is dict else None
+    return raw if type(raw) in (int, str) else None
 
 
 def _session_header(table: dict[str, list[str]], id: Any) -> str | None:

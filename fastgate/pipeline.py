@@ -682,7 +682,7 @@ class Call:
         req = self.mcp_request
         session = next((v.decode("latin-1") for n, v in self.head.headers if n == b"mcp-session-id"), None)
         text = (f"The call to tool {req.tool!r} is waiting for approval {aid} by "
-                f"{', '.join(spec.reviewers)}. A reviewer decides; nothing needs to be entered here.")
+                f"{', '.join(spec.reviewers)}. A reviewer decides: accept to keep waiting, decline to withdraw the call.")
         if req.era == "session" and session is not None and self.client.state.mcp_elicit.get(session):
             first = sse_event(orjson.dumps({"jsonrpc": "2.0", "id": f"fastgate-{aid}", "method": "elicitation/create",
                                             "params": {"mode": "form", "message": text,
@@ -767,7 +767,14 @@ class Call:
         if outcome == "approved":
             return
         error = "approval_expired" if outcome == "expired" else "approval_denied"
-        raise Refusal(403, {"error": error, "approval_id": self.approval_id})
+        body = {"error": error, "approval_id": self.approval_id}
+        try:
+            entry = approvals.find(self.approval_id) if outcome == "denied" else None
+        except StoreUnavailable:
+            entry = None
+        if entry is not None and entry.state == "withdrawn":
+            body["detail"] = "withdrawn by the caller"
+        raise Refusal(403, body)
 
     async def hold(self, approvals, aid: str, spec) -> str:
         """Wait for the reviewers' outcome; an MCP caller that accepts SSE gets a stream kept alive

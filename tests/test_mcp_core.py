@@ -159,8 +159,15 @@ def test_responses_refused_in_stateless_era():
 
 @pytest.mark.parametrize("version", ["2099-01-01", "latest", "2025-06-18, 2026-07-28"])
 def test_unknown_protocol_version_is_400(version):
-    e = err(orjson.dumps(call()), {"MCP-Protocol-Version": [version]})
+    e = err(orjson.dumps(call(id="m-1")), {"MCP-Protocol-Version": [version]})
     assert e.http_status == 400 and "supported" in e.data
+    assert orjson.loads(e.body())["id"] == "m-1"  # the request's id, readable from the body
+
+
+def test_repeated_version_header_error_names_the_id():
+    e = err(orjson.dumps(call(id=5)), {"MCP-Protocol-Version": [NEW, NEW]})
+    assert (e.http_status, e.code, e.id) == (400, HEADER_MISMATCH, 5)
+    assert err(b"[1]", {"MCP-Protocol-Version": [NEW, NEW]}).id is None
 
 
 def test_raw_header_list_form():
