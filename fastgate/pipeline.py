@@ -124,6 +124,9 @@ class Tables:
         # pii.scan: [audit] masks what is recorded even where the caller's answer is not masked
         self.audit_redactor = (Redactor.build([], list(pii.detectors), pii.mask, custom, hash_key=hash_key)
                                if "audit" in pii.scan else None)
+        # MCP answers that belong to no tool (GET streams, resources/read, prompts/get, server requests)
+        self.mcp_redactor = (Redactor.build([], list(pii.detectors), pii.mask, custom, hash_key=hash_key)
+                             if "response" in pii.scan else None)
         strip = frozenset(h.lower().encode() for h in config.identity.strip_headers)
         self.routes: dict[str, UpstreamRoute] = {}
         for name, up in config.upstreams.items():
@@ -963,6 +966,9 @@ class Call:
         content_length = rh.content_length
         redactor = self.tables.redact_response.get(self.function) if rh.has_body else None
         req = self.mcp_request
+        if redactor is None and self.function is None and self.mcp_functions is not None and rh.has_body and (
+                req is None or req.method != "tools/list"):
+            redactor = self.tables.mcp_redactor  # GET streams, resources, prompts: the PII detectors
         if (req is None and self.mcp_functions is not None and head.method == b"GET" and rh.has_body
                 and 200 <= rh.status < 300 and not any(n in (b"mcp-session-id", b"mcp-protocol-version")
                                                        for n, _ in head.headers)):
@@ -993,9 +999,10 @@ class Call:
                 elif name == b"content-encoding":
                     content_encoding = value.decode("latin-1")
             try:
-                self.masker = redactor.stream(content_type, content_encoding)
+                stream = redactor.stream(content_type, content_encoding)
             except RedactionError as exc:
                 raise UpstreamError(502, f"response could not be scanned: {exc}") from None
+            self.masker = stream if self.masker is None else ChainBody(self.masker, stream)
             drop = _RESPONSE_REWRITE_DROP if self.masker.decoded else _RESPONSE_MASK_DROP
             content_length = None  # masking changes the length: re-framed below
         if (self.mcp_grant is not None and req is not None and req.era == "stateless" and rh.has_body

@@ -359,7 +359,9 @@ def test_held_tool_call_without_elicitation_streams_keepalive_then_result(held_g
 
 def test_get_stream_without_session_reaches_the_server_only_for_callers_with_a_tool(gw, mcp_up):
     ok = httpx.get(f"{gw.url}/mcp", headers={"X-Api-Key": KEYS["support"], "Accept": "text/event-stream"})
-    assert ok.status_code == 200 and ok.text == "id: 0\r\nretry: 1000\r\ndata: \r\n\r\n: ping\r\n\r\n"
+    assert ok.status_code == 200 and ok.text.startswith("id: 0\r\nretry: 1000\r\ndata: \r\n\r\n: ping\r\n\r\n")
+    [note] = [json.loads(line[len("data: "):]) for line in ok.text.splitlines() if line.startswith("data: {")]
+    assert note["method"] == "notifications/message" and "jane.doe" not in note["params"]["data"]  # masked
     nope = httpx.get(f"{gw.url}/mcp", headers={"X-Api-Key": KEYS["outsider"], "Accept": "text/event-stream"})
     assert nope.status_code == 403
 

@@ -53,7 +53,9 @@ class McpUpstream:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(first + b": ping\r\n\r\n")
+                note = (b'event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/message",'
+                        b'"params":{"level":"info","data":"mail jane.doe@example.com"}}\r\n\r\n')
+                self.wfile.write(first + b": ping\r\n\r\n" + note)
                 self.close_connection = True
 
             def do_DELETE(self) -> None:  # noqa: N802
