@@ -18,7 +18,6 @@ import orjson
 from fastgate import http1
 from fastgate.http1 import CLOSED, END, NEED_DATA, PAUSED, HTTPError, RequestHead, RequestReader
 from fastgate.ids import new_request_id
-from fastgate.mcp import SessionBinder
 from fastgate.pipeline import Call, Refusal
 from fastgate.upstream import Watchdog
 
@@ -37,8 +36,6 @@ class ServerState:
         self.max_connections = tables.config.limits.max_connections
         self.appender = None  # the record store's group-commit writer (fastgate.store.Appender)
         self.approvals = None  # fastgate.approvals.Approvals
-        self.mcp_sessions = SessionBinder(10000)  # MCP session id -> the caller who opened it
-        self.mcp_elicit: dict[str, bool] = {}  # MCP sessions whose client declared elicitation
 
     def drain(self) -> None:
         self.draining = True

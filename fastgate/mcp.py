@@ -1,7 +1,8 @@
 """MCP (JSON-RPC over streamable HTTP) as the gate needs it: sans-IO, values in, values out.
 
 The pipeline owns sockets; this module only reads one POST body plus its headers, writes
-in-band refusals, filters `tools/list` results, and keeps the session → caller binding.
+in-band refusals, rewrites answers (`tools/list` filtering, approval round trips) and seals
+session ids and `requestState` to the caller.
 
 Wire facts relied on (modelcontextprotocol/modelcontextprotocol, docs/specification/...):
 
@@ -26,9 +27,8 @@ import hmac
 import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -50,7 +50,6 @@ __all__ = [
     "LegacyTransportProbe",
     "McpRequest",
     "ResultStateWrapper",
-    "SessionBinder",
     "StateSealer",
     "ToolsListFilter",
     "call_hash",
@@ -465,7 +464,8 @@ def call_hash(tool: str, arguments: Mapping[str, Any]) -> str:
 
 
 class StateSealer:
-    """HMAC-SHA256 sealed `requestState` for the gate's own round trips (2026-07-28).
+    """HMAC-SHA256 sealed `requestState` for the gate's own round trips (2026-07-28), and
+    caller-bound session ids (session era).
 
     The client echoes the state verbatim; the gate believes nothing in it that it did not sign,
     and the expiry `e` bounds how long a copy is worth anything. Workers share one key (made
@@ -483,6 +483,32 @@ class StateSealer:
     def seal(self, fields: Mapping[str, Any]) -> str:
         body = GATE_STATE_PREFIX.encode() + base64.urlsafe_b64encode(orjson.dumps(fields)).rstrip(b"=")
         return (body + b"." + self._mac(body)).decode()
+
+    # Session ids: the client sees `<upstream id>.<flag><mac>`. The MAC binds the upstream's id to
+    # the caller who opened it (and to whether its client declared elicitation), so a session id
+    # is worthless to anyone else (2025-11-25 security_best_practices "Session Hijacking") and
+    # every worker, with no shared table, can check it and give the upstream its own id back.
+
+    def _session_mac(self, sid: str, flag: str, subject: str, auth: str) -> str:
+        msg = orjson.dumps(["session", sid, flag, subject, auth])
+        return base64.urlsafe_b64encode(hmac.new(self._key, msg, hashlib.sha256).digest()[:16]).rstrip(b"=").decode()
+
+    def session_id(self, upstream_sid: str, subject: str, auth: str, elicitation: bool) -> str:
+        """The id the client gets for the upstream's `upstream_sid` (visible ASCII, checked)."""
+        if not _VISIBLE.match(upstream_sid):
+            raise ValueError("session ids are visible ASCII (0x21-0x7E)")
+        flag = "e" if elicitation else "n"
+        return f"{upstream_sid}.{flag}{self._session_mac(upstream_sid, flag, subject, auth)}"
+
+    def open_session(self, client_sid: str, subject: str, auth: str) -> tuple[str, bool] | None:
+        """(upstream id, elicitation declared) for this caller's own session id, else None."""
+        sid, dot, tail = client_sid.rpartition(".")
+        if not dot or not sid or len(tail) < 2 or tail[0] not in "en":
+            return None
+        mac = self._session_mac(sid, tail[0], subject, auth)
+        if not hmac.compare_digest(tail[1:].encode("utf-8", "replace"), mac.encode()):
+            return None
+        return sid, tail[0] == "e"
 
     def open(self, token: str, id: Any, now: float | None = None) -> dict[str, Any]:
         """The signed fields, or McpError (in-band -32602) for a forged, altered or stale state."""
@@ -816,49 +842,3 @@ def www_authenticate(resource_metadata_url: str, error: str | None = None,
     if scope:
         parts.append(f"scope={_quoted(' '.join(scope))}")
     return "Bearer " + ", ".join(parts)
-
-
-# ---------------------------------------------------------------------------- sessions
-
-@dataclass
-class SessionBinder:
-    """`Mcp-Session-Id` → the subject that opened it. Session ids are bearer secrets: a
-    caller presenting another caller's id is refused (2025-11-25 security_best_practices
-    "Session Hijacking"). Bounded with LRU eviction; an evicted or unknown session fails
-    `check`, and the pipeline answers 404 so the client re-initializes (transports
-    "Session Management" item 4)."""
-
-    max_sessions: int = 100_000
-    _owners: OrderedDict[str, str] = field(default_factory=OrderedDict, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
-
-    def __len__(self) -> int:
-        return len(self._owners)
-
-    def bind(self, session_id: str, subject: str) -> bool:
-        """Record the session the upstream issued; False if it already belongs to someone else."""
-        if not _VISIBLE.match(session_id):
-            raise ValueError("session ids are visible ASCII (0x21-0x7E)")
-        owner = self._owners.get(session_id)
-        if owner is not None and owner != subject:
-            return False
-        self._owners[session_id] = subject
-        self._owners.move_to_end(session_id)
-        while len(self._owners) > self.max_sessions:
-            self._owners.popitem(last=False)
-        return True
-
-    def check(self, session_id: str, subject: str) -> bool:
-        """True only for the subject that opened the session; refreshes its LRU position."""
-        owner = self._owners.get(session_id)
-        if owner is None or owner != subject:
-            return False
-        self._owners.move_to_end(session_id)
-        return True
-
-    def forget(self, session_id: str) -> None:
-        """After a DELETE the owner made (check first), or a 404 from the upstream."""
-        self._owners.pop(session_id, None)

@@ -254,7 +254,7 @@ class Call:
                  "args", "buffering", "body_waiter", "streaming", "continued", "masker", "request_decoded", "recorded", "capture", "captured",
                  "digest", "bytes_sent", "response_headers", "refusal_payload", "refusal_error",
                  "approval_id", "holding", "approval_wait_ms", "mcp_functions", "mcp_request", "sse_held",
-                 "wrap_json", "wrapped", "mcp_state", "mcp_grant")
+                 "wrap_json", "wrapped", "mcp_state", "mcp_grant", "mcp_session")
 
     def __init__(self, client: "ClientConnection", tables: Tables, head: RequestHead, request_id: str) -> None:
         self.client = client
@@ -312,6 +312,7 @@ class Call:
         self.wrapped: list[bytes] = []
         self.mcp_state: dict | None = None  # the gate's own requestState, opened (2026-07-28)
         self.mcp_grant: str | None = None   # approval this MCP call runs under
+        self.mcp_session: tuple[str, bool] | None = None  # (upstream session id, elicitation declared)
 
     # -- stages ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -520,9 +521,29 @@ class Call:
         req = self.mcp_request
         if req is None:
             return None
-        session = next((v.decode("latin-1") for n, v in self.head.headers if n == b"mcp-session-id"), None)
+        session = self.mcp_session[0] if self.mcp_session is not None else None
         return {"endpoint": self.path, "era": req.era, "version": req.version, "session": session,
                 "jsonrpc_id": req.id, "method": req.method, "tool": req.tool}
+
+    def client_session_headers(self, headers: list) -> list:
+        """The upstream's `Mcp-Session-Id` as the client sees it: sealed to this caller."""
+        if not any(n == b"mcp-session-id" for n, _ in headers):
+            return headers
+        req = self.mcp_request
+        if req is not None and req.method == "initialize":
+            elicitation = "elicitation" in req.client_capabilities
+        else:
+            elicitation = self.mcp_session is not None and self.mcp_session[1]
+        out = []
+        for name, value in headers:
+            if name == b"mcp-session-id":
+                try:
+                    value = self.tables.mcp_sealer.session_id(
+                        value.decode("latin-1").strip(), self.caller.subject, self.caller.auth, elicitation).encode()
+                except ValueError:
+                    raise UpstreamError(502, "upstream sent an invalid Mcp-Session-Id") from None
+            out.append((name, value))
+        return out
 
     def mcp_endpoint_of_target(self) -> str | None:
         try:
@@ -567,19 +588,18 @@ class Call:
                 session = value.decode("latin-1")
             elif name == b"mcp-protocol-version" and value.strip() in (b"2026-07-28",):
                 stateless = True
-        binder = self.client.state.mcp_sessions
-        subject = self.caller.subject
+        if session is not None and not stateless:
+            # Only the caller who opened a session can use it: anyone else's id reads as unknown
+            # (404), which makes a client start a new session rather than fail.
+            self.mcp_session = self.tables.mcp_sealer.open_session(session, self.caller.subject, self.caller.auth)
+            if self.mcp_session is None:
+                raise Refusal(404, {"error": "unknown_session"})
         if head.method in (b"GET", b"DELETE"):
             if stateless:
                 raise Refusal(405, {"error": "method_not_allowed"})
             if not self.visible_tools():
                 raise Refusal(403, {"error": "denied", "rule": None})
-            if session is not None:  # servers without sessions take GET streams without an id
-                if not binder.check(session, subject):
-                    raise Refusal(404, {"error": "unknown_session"})
-                if head.method == b"DELETE":
-                    binder.forget(session)
-            self.decision = MCP_PASS
+            self.decision = MCP_PASS  # servers without sessions take GET streams without an id
             return
         if head.method != b"POST":
             raise Refusal(405, {"error": "method_not_allowed"})
@@ -589,8 +609,6 @@ class Call:
         except mcp.McpError as exc:
             raise Refusal(exc.http_status, {}, raw=exc.body()) from None
         self.mcp_request = req
-        if req.era == "session" and session is not None and not binder.check(session, subject):
-            raise Refusal(404, {"error": "unknown_session"})  # another caller's session, or a stale one
         if req.kind == "response" and isinstance(req.id, str) and req.id.startswith("fastgate-"):
             # The answer to the gate's own elicitation, never the server's: accepting decides
             # nothing (a reviewer does); declining withdraws the caller's own held call.
@@ -683,10 +701,9 @@ class Call:
         `elicitation/create` (id `fastgate-<approval id>`): informational, the caller cannot
         approve itself; its answer is absorbed by the gate. Otherwise a comment says the same."""
         req = self.mcp_request
-        session = next((v.decode("latin-1") for n, v in self.head.headers if n == b"mcp-session-id"), None)
         text = (f"The call to tool {req.tool!r} is waiting for approval {aid} by "
                 f"{', '.join(spec.reviewers)}. A reviewer decides: accept to keep waiting, decline to withdraw the call.")
-        if req.era == "session" and session is not None and self.client.state.mcp_elicit.get(session):
+        if req.era == "session" and self.mcp_session is not None and self.mcp_session[1]:
             first = sse_event(orjson.dumps({"jsonrpc": "2.0", "id": f"fastgate-{aid}", "method": "elicitation/create",
                                             "params": {"mode": "form", "message": text,
                                                        "requestedSchema": {"type": "object", "properties": {}}}}))
@@ -904,6 +921,8 @@ class Call:
         for name, value in head.headers:
             if name in drop or name in tokens or name.startswith(_IDENTITY_PREFIX):
                 continue
+            if name == b"mcp-session-id" and self.mcp_session is not None:
+                value = self.mcp_session[0].encode()  # the upstream's own id, unsealed
             parts.append(b"%s: %s\r\n" % (name, value))
         parts.append(route.static)
         parts.append(b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-request-id: %s\r\n" % (
@@ -975,17 +994,9 @@ class Call:
             self.masker = LegacyProbeBody()  # no session, no version: maybe the 2024-11-05 transport
             drop = _RESPONSE_MASK_DROP
             content_length = None
+        if self.mcp_functions is not None:
+            rh.headers = self.client_session_headers(rh.headers)
         if req is not None:
-            if req.method == "initialize" and 200 <= rh.status < 300:
-                for name, value in rh.headers:
-                    if name == b"mcp-session-id":
-                        sid = value.decode("latin-1")
-                        self.client.state.mcp_sessions.bind(sid, self.caller.subject)
-                        if "elicitation" in req.client_capabilities:
-                            elicit = self.client.state.mcp_elicit
-                            elicit[sid] = True
-                            if len(elicit) > 10000:  # bounded like the session bindings
-                                del elicit[next(iter(elicit))]
             if req.method == "tools/list" and rh.has_body and 200 <= rh.status < 300:
                 content_type = next((v.decode("latin-1") for n, v in rh.headers if n == b"content-type"), "")
                 self.masker = McpBody(mcp.ToolsListFilter(self.visible_tools()), content_type)

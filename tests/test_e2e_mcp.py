@@ -141,7 +141,41 @@ def test_session_id_bound_to_its_caller(gw, mcp_up):
     mallory = Session(gw, "intern")
     mallory.sid = alice.sid
     assert mallory.rpc("tools/list").status_code == 404
+    upstream_sid, _, seal = alice.sid.rpartition(".")
+    assert upstream_sid in mcp_up.sessions and seal  # the client's id is the server's, sealed to alice
+    mallory.sid = upstream_sid  # the server's bare id is no key either
+    assert mallory.rpc("tools/list").status_code == 404
     assert alice.rpc("tools/list").status_code == 200
+    assert mcp_up.headers[-1]["mcp-session-id"] == upstream_sid  # the server gets its own id back
+
+
+def test_sessions_work_through_every_worker(mcp_up, tmp_path_factory):
+    """Session ids are checked by their seal, not by a table in one worker: a session opened
+    through one worker goes on through the others (new connections land on any worker)."""
+    config = base_config(
+        mcp_up.port, workers=2,
+        identity={"api_keys": [{"name": "support-bot", "sha256": hashlib.sha256(KEYS["support"].encode()).hexdigest(),
+                                "groups": ["support"]}]},
+        upstreams={"mcp": {"url": f"http://127.0.0.1:{mcp_up.port}"}},
+        functions=[{"name": "lookup_customer", "upstream": "mcp", "mcp": {"endpoint": "/mcp", "tool": "lookup_customer"}}],
+        rules=[{"id": "lookup", "functions": ["lookup_customer"], "groups": ["support"], "effect": "allow"}])
+    gateway = Gateway.start(config, tmp_path_factory.mktemp("mcp-workers"))
+    try:
+        s = Session(gateway, "support").open()
+        workers: set = set()
+        for i in range(12):  # a new connection each time: SO_REUSEPORT spreads them over the workers
+            r = httpx.post(f"{gateway.url}/mcp", headers={"X-Api-Key": KEYS["support"], "Accept": ACCEPT,
+                                                          "Mcp-Session-Id": s.sid},
+                           json={"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                                 "params": {"name": "lookup_customer", "arguments": {"id": f"w-{i}"}}})
+            assert r.status_code == 200 and r.json()["result"]["structuredContent"]["customer"] == f"w-{i}"
+        for line in gateway.stderr_text().splitlines():
+            rec = json.loads(line) if line.startswith("{") else {}
+            if rec.get("log") == "access" and rec.get("status") == 200 and rec.get("path") == "/mcp":
+                workers.add(rec.get("worker"))
+        assert workers == {0, 1}  # both workers served calls of the one session
+    finally:
+        gateway.stop()
 
 
 def test_malformed_messages_refused_before_forwarding(gw, mcp_up):
@@ -233,7 +267,7 @@ def test_records_name_the_mcp_session_id_era_and_tool(gw, mcp_up):
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     view = json.loads(proc.stdout)
     assert view["mcp"] == {"endpoint": "/mcp", "era": "session", "version": view["mcp"]["version"],
-                           "session": s.sid, "jsonrpc_id": s.next_id - 1, "method": "tools/call",
+                           "session": s.sid.rpartition(".")[0], "jsonrpc_id": s.next_id - 1, "method": "tools/call",
                            "tool": "delete_customer"}
     assert view["events"][0]["type"] == "call.refused"
 

@@ -20,7 +20,6 @@ from fastgate.mcp import (
     LegacyTransportProbe,
     McpError,
     ResultStateWrapper,
-    SessionBinder,
     StateSealer,
     ToolsListFilter,
     call_hash,
@@ -450,25 +449,20 @@ def test_resource_metadata_and_challenge():
 
 # ---------------------------------------------------------------- sessions
 
-def test_session_binder_refuses_hijack():
-    b = SessionBinder()
-    assert b.bind("s1", "alice")
-    assert b.check("s1", "alice") and not b.check("s1", "bob") and not b.check("s2", "alice")
-    assert not b.bind("s1", "bob") and b.check("s1", "alice")
-    b.forget("s1")
-    assert not b.check("s1", "alice")
+def test_session_ids_are_sealed_to_the_caller():
+    sealer = StateSealer(KEY)
+    sid = sealer.session_id("abc.123", "alice", "jwt", elicitation=True)
+    assert sid.startswith("abc.123.e") and all(0x21 <= ord(c) <= 0x7E for c in sid)
+    assert sealer.open_session(sid, "alice", "jwt") == ("abc.123", True)
+    plain = sealer.session_id("abc", "alice", "jwt", elicitation=False)
+    assert sealer.open_session(plain, "alice", "jwt") == ("abc", False)
+    for bad, who in ((sid, ("bob", "jwt")), (sid, ("alice", "api_key")), ("abc.123", ("alice", "jwt")),
+                     (sid.replace(".e", ".n", 1), ("alice", "jwt")), (sid[:-1], ("alice", "jwt")),
+                     (StateSealer(bytes(32)).session_id("abc.123", "alice", "jwt", True), ("alice", "jwt")),
+                     ("", ("alice", "jwt")), (".", ("alice", "jwt")), ("x.e", ("alice", "jwt"))):
+        assert sealer.open_session(bad, *who) is None, bad
     with pytest.raises(ValueError):
-        b.bind("s 1", "alice")
-
-
-def test_session_binder_lru_bound():
-    b = SessionBinder(max_sessions=3)
-    for s in ("s1", "s2", "s3"):
-        b.bind(s, "u")
-    assert b.check("s1", "u")      # s1 is now most recent; s2 is the oldest
-    b.bind("s4", "u")
-    assert len(b) == 3 and not b.check("s2", "u")
-    assert all(b.check(s, "u") for s in ("s1", "s3", "s4"))
+        sealer.session_id("a b", "alice", "jwt", False)
 
 
 # ---------------------------------------------------------------- fuzz
