@@ -864,6 +864,8 @@ class HttpRoute(_Model):
 class McpTool(_Model):
     endpoint: Annotated[str, Field(description="gateway path of the MCP endpoint, e.g. /mcp")]
     tool: Annotated[str, Field(min_length=1, max_length=128)]
+    refusal: Literal["error", "tool_result"] = Field(
+        "error", description="policy refusals as a JSON-RPC error, or as an isError tool result the model reads")
 
     @field_validator("endpoint")
     @classmethod

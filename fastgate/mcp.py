@@ -440,6 +440,8 @@ def refusal(request: McpRequest, kind: str, *, rule: str | None = None, approval
     out: dict[str, Any] = {"jsonrpc": "2.0", "id": request.id}
     if as_tool_result:
         result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True}
+        if data is not None:  # not structuredContent: that must match the tool's outputSchema
+            result["_meta"] = {"fastgate": data}
         if request.era == "stateless":
             result["resultType"] = "complete"
         out["result"] = result

@@ -101,6 +101,8 @@ class Tables:
         self.forward_mode = config.identity.forward
         self.access_log = config.log.access
         self.mcp_tool_of = {fn.name: fn.mcp.tool for fn in config.functions if fn.mcp is not None}
+        self.mcp_tool_results = frozenset(fn.name for fn in config.functions
+                                          if fn.mcp is not None and fn.mcp.refusal == "tool_result")
         self.mcp_upstream = {fn.mcp.endpoint: fn.upstream for fn in config.functions if fn.mcp is not None}
         jwt = config.identity.jwt
         self.mcp_issuer = jwt.issuer if jwt is not None else None
@@ -570,8 +572,11 @@ class Call:
         return {tool_of[f]: f for f in self.mcp_functions if f in allowed}
 
     def in_band(self, req, kind: str, **fields) -> Refusal:
-        """Policy outcomes on MCP travel as JSON-RPC (HTTP 200): clients drop sessions on a 403."""
-        body = mcp.refusal(req, kind, request_id=self.request_id, **fields)
+        """Policy outcomes on MCP travel as JSON-RPC (HTTP 200): clients drop sessions on a 403.
+        A tool declared with `refusal: tool_result` gets them as an `isError` result the model can
+        read; an unknown or hidden tool stays a protocol error, like a missing one."""
+        as_result = kind != "unknown_tool" and self.function in self.tables.mcp_tool_results
+        body = mcp.refusal(req, kind, request_id=self.request_id, as_tool_result=as_result, **fields)
         self.error = kind
         if body is None:  # a notification: nothing to answer
             return Refusal(202, {}, raw=b"")

@@ -35,13 +35,17 @@ def gw(mcp_up, tmp_path_factory):
         functions=[{"name": f, "upstream": "mcp", "mcp": {"endpoint": "/mcp", "tool": f},
                     **({"redact": {"response": ["$..ssn"], "request": ["$.card"]}} if f == "lookup_customer" else {})}
                    for f in ("lookup_customer", "delete_customer", "stream_report")]
-        + [{"name": "legacy_lookup", "upstream": "mcp", "mcp": {"endpoint": "/sse", "tool": "lookup_customer"}}],
+        + [{"name": "legacy_lookup", "upstream": "mcp", "mcp": {"endpoint": "/sse", "tool": "lookup_customer"}},
+           {"name": "archive_customer", "upstream": "mcp",
+            "mcp": {"endpoint": "/mcp", "tool": "archive_customer", "refusal": "tool_result"}}],
         pii={"detectors": ["email"], "scan": ["response"]},
         rules=[{"id": "support-lookup", "functions": ["lookup_customer", "stream_report", "legacy_lookup"],
                 "groups": ["support"], "effect": "allow"},
                {"id": "support-delete-small", "functions": ["delete_customer"], "groups": ["support"],
                 "when": [{"arg": "$.id", "op": "prefix", "value": "test-"}], "effect": "allow"},
                {"id": "no-interns", "functions": ["delete_customer"], "groups": ["intern"], "effect": "deny"},
+               {"id": "archive-test-only", "functions": ["archive_customer"], "groups": ["support"],
+                "when": [{"arg": "$.id", "op": "prefix", "value": "test-"}], "effect": "allow"},
                {"id": "interns-lookup", "functions": ["lookup_customer"], "groups": ["intern"], "effect": "allow"}])
     gateway = Gateway.start(config, tmp_path_factory.mktemp("mcp"))
     yield gateway
@@ -552,3 +556,21 @@ def test_request_redaction_addresses_the_tool_arguments(gw, mcp_up):
     sent = mcp_up.calls[-1]
     assert sent["params"]["arguments"]["id"] == "c-31" and sent["id"] == s.next_id - 1
     assert "4111" not in json.dumps(sent) and sent["params"]["arguments"]["card"] != "4111 1111 1111 1111"
+
+
+def test_refusal_as_a_tool_result_the_model_can_read(gw, mcp_up):
+    """`refusal: tool_result`: the model gets an isError result explaining the refusal (and the
+    contract's fields in `_meta`); an unknown tool stays a protocol error."""
+    s = Session(gw, "support").open()
+    before = len(mcp_up.calls)
+    r = s.rpc("tools/call", {"name": "archive_customer", "arguments": {"id": "prod-1"}})
+    result = r.json()["result"]
+    assert r.status_code == 200 and result["isError"] is True and "resultType" not in result
+    assert result["content"][0]["text"] == "denied: no rule allows this call"
+    assert result["_meta"]["fastgate"]["error"] == "denied" and result["_meta"]["fastgate"]["request_id"]
+    stateless = _stateless(gw, "support", {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                                           "params": {"name": "archive_customer", "arguments": {"id": "prod-2"}}})
+    assert stateless.json()["result"]["isError"] is True and stateless.json()["result"]["resultType"] == "complete"
+    assert len(mcp_up.calls) == before
+    ok = s.rpc("tools/call", {"name": "archive_customer", "arguments": {"id": "test-1"}})
+    assert "error" not in ok.json() and not ok.json()["result"].get("isError")

@@ -336,7 +336,8 @@ def test_refusal_bodies(headers, era, kind, kw, code, message, data, id):
 def test_refusal_as_tool_result(headers, era):
     req = parse_message(orjson.dumps(call(id=3)), headers)
     back = json.loads(refusal(req, "denied", rule="r", as_tool_result=True))
-    result = {"content": [{"type": "text", "text": "denied by rule r"}], "isError": True}
+    result = {"content": [{"type": "text", "text": "denied by rule r"}], "isError": True,
+              "_meta": {"fastgate": {"error": "denied", "rule": "r"}}}
     if era == "stateless":
         result["resultType"] = "complete"
     assert back == {"jsonrpc": "2.0", "id": 3, "result": result}
