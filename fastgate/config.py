@@ -566,7 +566,7 @@ class Limits(_Model):
 
 class Admin(_Model):
     socket: NonEmptyStr = "var/admin.sock"
-    http: HostPort | None = None
+    http: HostPort | None = Field(None, description="HOST:PORT serving /metrics, /healthz, /readyz; off when unset")
 
 
 class Store(_Model):

@@ -12,6 +12,7 @@ import asyncio
 import sys
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -20,6 +21,9 @@ from fastgate.http1 import CLOSED, END, NEED_DATA, PAUSED, HTTPError, RequestHea
 from fastgate.ids import new_request_id
 from fastgate.pipeline import Call, Refusal
 from fastgate.upstream import Watchdog
+
+if TYPE_CHECKING:
+    from fastgate.metrics import Metrics
 
 _IDLE, _HEAD, _BODY, _WAIT = range(4)
 
@@ -36,6 +40,7 @@ class ServerState:
         self.max_connections = tables.config.limits.max_connections
         self.appender = None  # the record store's group-commit writer (fastgate.store.Appender)
         self.approvals = None  # fastgate.approvals.Approvals
+        self.metrics: Metrics | None = None  # when admin.http is served
 
     def drain(self) -> None:
         self.draining = True
@@ -80,6 +85,8 @@ class ClientConnection(asyncio.Protocol):
             self.closing = True
             return
         state.connections.add(self)
+        if state.metrics is not None:
+            state.metrics.set_connections(len(state.connections))
         self.watchdog.arm(self.tables.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -110,7 +117,11 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closing = True
         self.watchdog.cancel()
-        self.state.connections.discard(self)
+        state = self.state
+        if self in state.connections:
+            state.connections.discard(self)
+            if state.metrics is not None:
+                state.metrics.set_connections(len(state.connections))
         call = self.call
         if call is not None and not call.finished:
             if call.task is not None and not call.task.done():
@@ -204,6 +215,8 @@ class ClientConnection(asyncio.Protocol):
                                    "method": None, "path": None, "function": None, "decision": None,
                                    "rule": None, "status": status, "bytes": 0, "ms": 0.0,
                                    "upstream_ms": None, "error": error})
+        if self.state.metrics is not None:
+            self.state.metrics.observe_call(None, None, status, body["error"], None, None)
         self.close()
 
     def _on_timeout(self) -> None:
@@ -259,6 +272,13 @@ class ClientConnection(asyncio.Protocol):
     def call_finished(self, call: Call) -> None:
         if self.tables.access_log:
             self.state.log.access(call.log_record())
+        metrics = self.state.metrics
+        if metrics is not None:  # one count per access line; the gate's time as the record has it
+            up = call.upstream_ms
+            metrics.observe_call(call.function, call.decision.effect if call.decision else None, call.status,
+                                 call.refusal_error or call.error,
+                                 (time.perf_counter() - call.started) * 1000.0 - (up or 0.0) - call.approval_wait_ms,
+                                 up)
         self.served += 1
         if call is not self.call:
             return

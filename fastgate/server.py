@@ -24,6 +24,8 @@ from fastgate.identity import Authenticator, gateway_jwks
 from fastgate.store import Appender, Store, StoreUnavailable
 from fastgate.listener import ClientConnection, ServerState
 from fastgate.log import Log
+from fastgate.metrics import AdminHttp, Metrics, MULTIPROC_ENV, multiprocess_dir, process_exited, \
+    remove_multiprocess_dir
 from fastgate.pipeline import PoolRegistry, Tables
 
 
@@ -49,9 +51,18 @@ def run(config_path: str, workers: int | None = None, listen: str | None = None)
     if n < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
+    admin_http = None
+    if config.admin.http is not None:  # bound here, once: a taken port stops the start, not a worker
+        try:
+            admin_http = make_listen_socket(*parse_hostport(config.admin.http), reuse_port=False)
+        except OSError as exc:
+            Log(config.log.level, config.secret_values).error(
+                "admin.http: cannot listen; not starting", address=config.admin.http, error=str(exc))
+            return 1
     if n == 1:
-        return Worker(config_path, config, host, port, listen, index=None, reuse_port=False).run()
-    return Supervisor(config_path, config, host, port, listen, n).run()
+        return Worker(config_path, config, host, port, listen, index=None, reuse_port=False,
+                      admin_http=admin_http).run()
+    return Supervisor(config_path, config, host, port, listen, n, admin_http=admin_http).run()
 
 
 def make_listen_socket(host: str, port: int, reuse_port: bool, listen: bool = True) -> socket.socket:
@@ -78,7 +89,7 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
 
 class Worker:
     def __init__(self, config_path: str, config: Config, host: str, port: int, listen_override: str | None,
-                 index: int | None, reuse_port: bool) -> None:
+                 index: int | None, reuse_port: bool, admin_http: socket.socket | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.host = host
@@ -89,6 +100,8 @@ class Worker:
         self.log = Log(config.log.level, config.secret_values, worker=index)
         self.workers_hint = 1 if index is None else "supervised"
         self.last_reload_errors: list[str] = []
+        self.admin_http = admin_http  # the listening admin.http socket, in the process that serves it
+        self.listening = False
 
     def run(self) -> int:
         import uvloop
@@ -101,6 +114,10 @@ class Worker:
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         config = self.config
+        metrics = None
+        if config.admin.http is not None:  # supervised workers add up through the supervisor's directory
+            metrics = Metrics(os.environ.get(MULTIPROC_ENV) if self.index is not None else None)
+        http = await self.start_admin_http(metrics) if self.admin_http is not None else None
         pools = PoolRegistry(loop)
         tls = _tls_context(config)
         auth = await self.start_auth(config)
@@ -114,6 +131,7 @@ class Worker:
                                         drop_headers=injected, log=self.log).start()
         state = ServerState(loop, Tables(config, pools, tls=tls is not None, auth=auth), self.log)
         state.appender = appender
+        state.metrics = metrics
         approvals = Approvals(store, appender, config, log=self.log)
         await approvals.start()
         state.approvals = approvals
@@ -126,6 +144,7 @@ class Worker:
             return 1
         server = await loop.create_server(lambda: ClientConnection(state), sock=sock, ssl=tls, backlog=1024)
         host, port = sock.getsockname()[:2]
+        self.listening = True
         from fastgate._core import IMPLEMENTATIONS
         self.log.info("listening", address=f"{host}:{port}", tls=tls is not None, pid=os.getpid(),
                       cores=dict(IMPLEMENTATIONS))
@@ -146,6 +165,8 @@ class Worker:
             pool.close()
         if admin is not None:
             await admin.close()
+        if http is not None:
+            await http.close()
         await approvals.close()
         await appender.close()
         store.close()
@@ -171,6 +192,48 @@ class Worker:
             return None
         self.log.info("admin socket", path=config.admin.socket)
         return admin
+
+    async def start_admin_http(self, metrics: Metrics | None) -> AdminHttp:
+        """/metrics, /healthz, /readyz on admin.http, in the only worker or worker 0 (as the admin
+        socket). Started first, so /healthz answers and /readyz says "starting" while the rest loads."""
+        http = AdminHttp(metrics, self.not_ready, log=self.log)
+        if metrics is not None:
+            metrics.serve_state(self.scrape_state)
+        await http.start(self.admin_http)
+        self.log.info("admin http", address=self.config.admin.http)
+        return http
+
+    def not_ready(self) -> str | None:
+        """Why /readyz answers 503, or None: listening with a loaded config, not draining, and (when a
+        call whose record cannot be written is refused) a store that takes appends."""
+        state: ServerState | None = getattr(self, "state", None)  # set in serve() once loaded
+        if state is None or not self.listening:
+            return "starting"
+        if state.draining:
+            return "draining"
+        if state.appender is not None and state.tables.fail_closed:
+            problem = state.appender.problem()
+            if problem is not None:
+                return f"store unavailable: {problem}"
+        return None
+
+    def scrape_state(self) -> dict:
+        """What /metrics reads at scrape time from this process (see metrics.StateCollector)."""
+        out: dict = {"ready": self.not_ready() is None}
+        state: ServerState | None = getattr(self, "state", None)
+        if state is None:
+            return out
+        if state.approvals is not None:
+            out["approvals_pending"] = state.approvals.stats["pending"]
+        if state.appender is not None:
+            out["store_writable"] = state.appender.problem() is None
+            try:
+                stat = state.appender.store.stat()
+            except Exception:  # a scrape never fails on a store read: the gauges are left out
+                pass
+            else:
+                out["store_used_bytes"], out["store_map_size_bytes"] = stat["used_bytes"], stat["map_size"]
+        return out
 
     def mask_replayed(self, function: str | None, body: bytes) -> bytes:
         """A replayed answer is masked as the live pipeline would mask it."""
@@ -244,8 +307,9 @@ class Worker:
             self.last_reload_errors = [str(exc)]
             self.log.error("reload refused: keeping the running config", errors=[str(exc)])
             return False
-        if (config.listen != self.config.listen and not self.listen_override) or config.tls != self.config.tls:
-            self.log.warning("listen and tls changes take effect on restart")
+        if ((config.listen != self.config.listen and not self.listen_override) or config.tls != self.config.tls
+                or config.admin.http != self.config.admin.http):
+            self.log.warning("listen, tls and admin.http changes take effect on restart")
         self.config = config
         self.log.set_secrets(config.secret_values)
         self.log.level = Log(config.log.level).level
@@ -265,7 +329,7 @@ class Supervisor:
     """The parent of N workers: holds the port, relays signals, restarts the dead."""
 
     def __init__(self, config_path: str, config: Config, host: str, port: int, listen: str | None,
-                 workers: int) -> None:
+                 workers: int, admin_http: socket.socket | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.listen = listen
@@ -280,6 +344,10 @@ class Supervisor:
         mcp.process_state_key()  # likewise the key sealing MCP approval round trips
         self.stopping = False
         self.pending: list[int] = []
+        # admin.http is served by worker 0 from this socket, held here so a restarted worker 0 takes
+        # it over; the workers' counts meet in a private directory made before the first fork.
+        self.admin_http = admin_http
+        self.metrics_dir = multiprocess_dir() if admin_http is not None else None
 
     def _spawn(self, index: int) -> None:
         pid = os.fork()
@@ -289,13 +357,25 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 self.placeholder.close()
+                admin_http = self.admin_http if index == 0 else None
+                if self.admin_http is not None and index != 0:
+                    self.admin_http.close()
                 code = Worker(self.config_path, self.config, self.host, self.port, self.listen,
-                              index=index, reuse_port=True).run()
+                              index=index, reuse_port=True, admin_http=admin_http).run()
             finally:
                 os._exit(code)
         self.children[pid] = index
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.admin_http is not None:
+                self.admin_http.close()
+            if self.metrics_dir is not None:
+                remove_multiprocess_dir(self.metrics_dir)
+
+    def _run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.pending.append(signal.SIGTERM))
         signal.signal(signal.SIGINT, lambda *_: self.pending.append(signal.SIGTERM))
         signal.signal(signal.SIGHUP, lambda *_: self.pending.append(signal.SIGHUP))
@@ -318,6 +398,8 @@ class Supervisor:
                 break
             if pid:
                 index = self.children.pop(pid)
+                if self.metrics_dir is not None:
+                    process_exited(pid, self.metrics_dir)
                 if not self.stopping:
                     self.log.error("worker exited; restarting", worker=index,
                                    status=os.waitstatus_to_exitcode(status))

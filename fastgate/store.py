@@ -435,6 +435,7 @@ class Appender:
                       "export_failures": 0, "max_batch": 0}
         self.export_error: str | None = None
         self.commit_error: str | None = None
+        self.commit_failed_at = 0.0   # time.monotonic() of the last failed commit
         self._queue: collections.deque[tuple[Prepared, asyncio.Future | None]] = collections.deque()
         self._wake = threading.Event()
         self._export_queue: collections.deque[list[tuple[int, str, bytes]]] = collections.deque()
@@ -480,6 +481,23 @@ class Appender:
         if not self._wake.is_set():   # queued before the check: a writer that cleared it drains us
             self._wake.set()
         return fut
+
+    def problem(self, recent: float = 10.0) -> str | None:
+        """Why an append would be refused or fail now, or None: for `/readyz` and metrics.
+
+        Mirrors `_enqueue`; a failed commit counts for `recent` seconds only (with `sync`/`batch` the
+        next commit may succeed, and an instance taken out of rotation must get calls to find out)."""
+        if self._closing or self._thread is None or not self._thread.is_alive():
+            return "the store writer is not running"
+        if self.fail_closed and self.export_error is not None:
+            return f"audit export failing: {self.export_error}"
+        if self.commit_error is not None and (
+                (self.durability == "none" and self.fail_closed)
+                or time.monotonic() - self.commit_failed_at < recent):
+            return f"store failing: {self.commit_error}"
+        if len(self._queue) >= self.max_pending:
+            return "store writer overloaded"
+        return None
 
     async def append(self, event: dict[str, Any]) -> Committed | None:
         """Queue `event`; return when it is durable (sync), committed (batch) or queued (none: None).
@@ -574,12 +592,14 @@ class Appender:
         except (StoreUnavailable, StoreForked) as exc:
             self.stats["failed_batches"] += 1
             self.commit_error = str(exc)
+            self.commit_failed_at = time.monotonic()
             self._log("error", "store commit failed", error=str(exc), events=len(batch))
             self._wake_waiters(waiters, None, exc)
             return []
         except Exception as exc:  # noqa: BLE001 - a writer that dies silently would hang every call
             self.stats["failed_batches"] += 1
             self.commit_error = f"internal: {type(exc).__name__}: {exc}"
+            self.commit_failed_at = time.monotonic()
             self._log("error", "store commit failed", error=self.commit_error, events=len(batch))
             self._wake_waiters(waiters, None, exc)
             return []
