@@ -10,7 +10,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CORE_MODULES = ["pathnorm", "redact", "policy"]
+CORE_MODULES = ["pathnorm", "redact", "policy", "http1"]
 
 
 class OptionalBuildExt(build_ext):

@@ -39,8 +39,10 @@ def _cmd_config_schema(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import fastgate
-    from fastgate._core import IMPLEMENTATIONS
-    from fastgate import catalog  # noqa: F401  (loads the cores it uses)
+    from fastgate._core import CORES, IMPLEMENTATIONS, load
+
+    for core in CORES:  # cores load on first use: load them all to say which one runs
+        load(core)
 
     print(f"fastgate {fastgate.__version__}")
     for name, impl in sorted(IMPLEMENTATIONS.items()):

@@ -36,7 +36,6 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CORES = ("pathnorm", "policy", "redact")  # fastgate/_core, as setup.py builds them
 
 # Gate time is ~0.2 ms of CPU plus a durable commit (~0.6 ms); upstreams are the caller's business.
 GATEWAY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -194,7 +193,7 @@ class StateCollector:
 
     def collect(self):
         import fastgate
-        from fastgate._core import IMPLEMENTATIONS, load
+        from fastgate._core import CORES, IMPLEMENTATIONS, load
 
         for core in CORES:  # a core loads on first use (redact: the first redactor); load them all
             load(core)

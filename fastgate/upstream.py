@@ -1,7 +1,7 @@
 """Upstream side: keep-alive connection pools and one exchange at a time per connection.
 
 An `UpstreamConnection` writes a head the pipeline serialized, streams the request body,
-and hands the parsed response (h11) to an `Exchange` sink as it arrives. A connection that
+and hands the parsed response (`http1.ResponseReader`) to an `Exchange` sink as it arrives. A connection that
 saw anything odd (malformed answer, early close, timeout, an aborted exchange) is never
 reused: a desynchronised upstream connection is how smuggled responses reach other callers.
 """
@@ -12,9 +12,7 @@ import ssl
 from collections import deque
 from typing import Protocol
 
-import h11
-
-from fastgate.http1 import ResponseHead, response_parser, validate_response
+from fastgate.http1 import END, ResponseError, ResponseHead, ResponseReader
 
 
 class UpstreamError(Exception):
@@ -92,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
-        self.parser: h11.Connection | None = None
+        self.parser: ResponseReader | None = None
         self.method = b"GET"
         self.reusable = False
         self.closed = False
@@ -113,12 +111,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._got_bytes = True
         self.watchdog.touch()
-        parser.receive_data(data)
+        parser.feed(data)
         self._drain_events()
 
     def eof_received(self):
         if self.parser is not None:
-            self.parser.receive_data(b"")
+            self.parser.feed_eof()
             self._drain_events()
         return False
 
@@ -142,7 +140,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Begin one request: `data` is the serialized head plus whatever body is already here."""
         self.exchange = exchange
         self.method = method
-        self.parser = response_parser(method)
+        self.parser = ResponseReader(method)
         self.reusable = False
         self.head_seen = False
         self._got_bytes = False
@@ -165,35 +163,25 @@ class UpstreamConnection(asyncio.Protocol):
         while self.exchange is not None:
             try:
                 event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._fail(UpstreamError(502, f"malformed upstream response: {exc}"))
+            except ResponseError as exc:  # malformed, or CL with TE, or a 101: never guess the framing
+                self._fail(UpstreamError(502, str(exc)))
                 return
             kind = type(event)
-            if kind is h11.Data:
-                self.exchange.on_response_data(bytes(event.data))
-            elif kind is h11.Response:
-                try:
-                    head = validate_response(event, self.method)
-                except ValueError as exc:
-                    self._fail(UpstreamError(502, str(exc)))
-                    return
+            if kind is bytes:
+                self.exchange.on_response_data(event)
+            elif kind is ResponseHead:
                 self.head_seen = True
-                self.exchange.on_response_head(head)
-            elif kind is h11.EndOfMessage:
+                self.exchange.on_response_head(event)
+            elif event is END:
                 exchange = self.exchange
                 self.exchange = None
                 self.watchdog.disarm()
-                self.reusable = parser.their_state is h11.DONE and parser.our_state is h11.DONE
+                self.reusable = parser.reusable
                 self.parser = None
                 exchange.on_response_end()
                 return
-            elif kind is h11.InformationalResponse:
-                continue  # 100 Continue toward us; 101 cannot happen: Upgrade is never forwarded
-            else:  # NEED_DATA, or ConnectionClosed before the end
-                if kind is h11.ConnectionClosed:
-                    self._fail(UpstreamError(502, "upstream closed the connection"))
-                else:
-                    self.exchange.flush()  # what arrived goes out now: streams must not stall
+            else:  # NEED_DATA: what arrived goes out now, streams must not stall
+                self.exchange.flush()
                 return
 
     def _on_timeout(self) -> None:

@@ -143,11 +143,14 @@ def test_status_names_the_core_implementation():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run([sys.executable, "-m", "fastgate", "status"], capture_output=True, text=True,
                          timeout=30, env=env).stdout
-    assert "core pathnorm: compiled" in out or "core pathnorm: python" in out
+    for core in ("http1", "pathnorm", "policy", "redact"):  # every compiled core is named
+        assert f"core {core}: compiled" in out or f"core {core}: python" in out, out
     env["FASTGATE_NO_EXTENSIONS"] = "1"
     out = subprocess.run([sys.executable, "-m", "fastgate", "status"], capture_output=True, text=True,
                          timeout=30, env=env).stdout
-    assert "core pathnorm: python" in out and "slower" in out
+    for core in ("http1", "pathnorm", "policy", "redact"):
+        assert f"core {core}: python" in out, out
+    assert "slower" in out
 
 
 def test_demo_prints_curl_lines_that_work(tmp_path):

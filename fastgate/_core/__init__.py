@@ -12,6 +12,7 @@ from types import ModuleType
 
 NO_EXTENSIONS = bool(os.environ.get("FASTGATE_NO_EXTENSIONS"))
 IMPLEMENTATIONS: dict[str, str] = {}
+CORES = ("http1", "pathnorm", "policy", "redact")  # what setup.py builds
 
 
 def load(name: str) -> ModuleType:
