@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from support.gateway import REPO_ROOT, Gateway, base_config
+from support.gateway import Gateway, base_config
 
 KEYS = {"alice": "fgk_alice-approvals-0123456789", "carol": "fgk_carol-approvals-0123456789"}
 
 
-def admin(gw: Gateway, *args: str) -> tuple[int, object]:
-    proc = subprocess.run([sys.executable, "-m", "fastgate", "admin", "--socket",
-                           str(gw.workdir / "var" / "admin.sock"), "--json", *args],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    out = proc.stdout if proc.returncode == 0 else proc.stderr
-    return proc.returncode, json.loads(out) if out.strip() else None
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +39,7 @@ def gw(upstream_server, tmp_path_factory):
 def pending_id(gw: Gateway, function: str) -> str:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        code, items = admin(gw, "approvals", "list")
+        code, items = gw.admin("approvals", "list")
         assert code == 0, items
         ids = [a["id"] for a in items if a["function"] == function and a["state"] == "pending"]
         if ids:
@@ -71,16 +62,16 @@ def test_hold_approved_by_a_lead_is_forwarded(gw, upstream):
     t = held_call(gw, "alice", b'{"amount": 500}', out)
     aid = pending_id(gw, "refund")
     assert not upstream.requests  # nothing reaches the function while it waits
-    code, err = admin(gw, "approvals", "approve", aid, "--reviewer", "alice")
+    code, err = gw.admin("approvals", "approve", aid, "--reviewer", "alice")
     assert code == 1 and err["code"] == "forbidden"  # alice cannot approve her own call
-    code, err = admin(gw, "approvals", "approve", aid, "--reviewer", "mallory")
+    code, err = gw.admin("approvals", "approve", aid, "--reviewer", "mallory")
     assert code == 1 and err["code"] == "forbidden"  # not a reviewer of this rule
-    code, view = admin(gw, "approvals", "approve", aid, "--reviewer", "bob", "--comment", "ok")
+    code, view = gw.admin("approvals", "approve", aid, "--reviewer", "bob", "--comment", "ok")
     assert code == 0, view
     t.join(15)
     assert out["r"].status_code == 200 and upstream.requests[-1].body == b'{"amount": 500}'
     time.sleep(0.3)
-    code, session = admin(gw, "sessions", "show", out["r"].headers["x-request-id"])
+    code, session = gw.admin("sessions", "show", out["r"].headers["x-request-id"])
     types = [e["type"] for e in session["events"]]
     assert types[:3] == ["approval.requested", "approval.decided", "call.started"] and types[-1] == "call.finished"
 
@@ -89,7 +80,7 @@ def test_hold_denied_and_expired(gw, upstream):
     out: dict = {}
     t = held_call(gw, "carol", b'{"amount": 9}', out)
     aid = pending_id(gw, "refund")
-    assert admin(gw, "approvals", "deny", aid, "--reviewer", "bob", "--reason", "no")[0] == 0
+    assert gw.admin("approvals", "deny", aid, "--reviewer", "bob", "--reason", "no")[0] == 0
     t.join(15)
     assert out["r"].status_code == 403 and out["r"].json()["error"] == "approval_denied"
     out2: dict = {}
@@ -107,10 +98,10 @@ def test_async_quorum_redeem_once_same_caller_same_request(gw, upstream):
     aid = r.json()["approval_id"]
     retry = {**headers, "Fastgate-Approval": aid}
     assert httpx.post(f"{gw.url}/items", content=body, headers=retry).status_code == 202  # still pending
-    assert admin(gw, "approvals", "approve", aid, "--reviewer", "bob")[0] == 0
-    assert admin(gw, "approvals", "approve", aid, "--reviewer", "bob")[0] == 0  # counted once
+    assert gw.admin("approvals", "approve", aid, "--reviewer", "bob")[0] == 0
+    assert gw.admin("approvals", "approve", aid, "--reviewer", "bob")[0] == 0  # counted once
     assert httpx.post(f"{gw.url}/items", content=body, headers=retry).status_code == 202
-    assert admin(gw, "approvals", "approve", aid, "--reviewer", "dave")[0] == 0  # quorum of 2
+    assert gw.admin("approvals", "approve", aid, "--reviewer", "dave")[0] == 0  # quorum of 2
     changed = httpx.post(f"{gw.url}/items", content=body.replace(b"10", b"99"), headers=retry)
     assert changed.status_code == 403 and changed.json()["error"] == "approval_denied"
     other = httpx.post(f"{gw.url}/items", content=body, headers={**retry, "X-Api-Key": KEYS["alice"]})
@@ -135,7 +126,7 @@ def test_caller_disconnect_withdraws_the_approval(gw, upstream):
     deadline = time.monotonic() + 10
     state = None
     while time.monotonic() < deadline:
-        state = admin(gw, "approvals", "show", aid)[1]["state"]
+        state = gw.admin("approvals", "show", aid)[1]["state"]
         if state == "withdrawn":
             break
         time.sleep(0.1)
@@ -160,7 +151,7 @@ def test_decision_reaches_a_call_held_in_another_worker(upstream, gateway_factor
         t = held_call(gw, "carol", b'{"amount": 1}', out)
         aid = pending_id(gw, "refund")
         started = time.monotonic()
-        assert admin(gw, "approvals", "approve", aid, "--reviewer", "bob")[0] == 0
+        assert gw.admin("approvals", "approve", aid, "--reviewer", "bob")[0] == 0
         t.join(15)
         assert out["r"].status_code == 200, out["r"].text
         assert time.monotonic() - started < 5

@@ -166,17 +166,13 @@ def test_sessions_work_through_every_worker(mcp_up, tmp_path_factory):
     gateway = Gateway.start(config, tmp_path_factory.mktemp("mcp-workers"))
     try:
         s = Session(gateway, "support").open()
-        workers: set = set()
         for i in range(12):  # a new connection each time: SO_REUSEPORT spreads them over the workers
             r = httpx.post(f"{gateway.url}/mcp", headers={"X-Api-Key": KEYS["support"], "Accept": ACCEPT,
                                                           "Mcp-Session-Id": s.sid},
                            json={"jsonrpc": "2.0", "id": i, "method": "tools/call",
                                  "params": {"name": "lookup_customer", "arguments": {"id": f"w-{i}"}}})
             assert r.status_code == 200 and r.json()["result"]["structuredContent"]["customer"] == f"w-{i}"
-        for line in gateway.stderr_text().splitlines():
-            rec = json.loads(line) if line.startswith("{") else {}
-            if rec.get("log") == "access" and rec.get("status") == 200 and rec.get("path") == "/mcp":
-                workers.add(rec.get("worker"))
+        workers = {rec.get("worker") for rec in gateway.access_lines() if rec["status"] == 200 and rec["path"] == "/mcp"}
         assert workers == {0, 1}  # both workers served calls of the one session
     finally:
         gateway.stop()
@@ -295,17 +291,6 @@ def held_gw(mcp_up, tmp_path_factory):
     gateway.stop()
 
 
-def _admin(gw, *args):
-    import os
-    import subprocess
-    import sys
-
-    from support.gateway import REPO_ROOT
-
-    proc = subprocess.run([sys.executable, "-m", "fastgate", "admin", "--socket", str(gw.workdir / "var" / "admin.sock"),
-                           "--json", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    return proc.returncode, json.loads(proc.stdout or proc.stderr or "null")
 
 
 @pytest.mark.parametrize("decision", ["approve", "deny"])
@@ -331,11 +316,11 @@ def test_held_tool_call_asks_through_elicitation_and_a_reviewer_decides(held_gw,
     def reviewer():
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            code, items = _admin(held_gw, "approvals", "list")
+            code, items = held_gw.admin("approvals", "list")
             pending = [a["id"] for a in items or [] if a["state"] == "pending"]
             if pending:
                 seen["aid"] = pending[0]
-                seen["answer"] = _admin(held_gw, "approvals", decision, pending[0], "--reviewer", "bob")
+                seen["answer"] = held_gw.admin("approvals", decision, pending[0], "--reviewer", "bob")
                 return
             time.sleep(0.1)
 
@@ -375,10 +360,10 @@ def test_held_tool_call_without_elicitation_streams_keepalive_then_result(held_g
     def reviewer():
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            items = _admin(held_gw, "approvals", "list")[1] or []
+            items = held_gw.admin("approvals", "list")[1] or []
             pending = [a["id"] for a in items if a["state"] == "pending"]
             if pending:
-                _admin(held_gw, "approvals", "approve", pending[0], "--reviewer", "bob")
+                held_gw.admin("approvals", "approve", pending[0], "--reviewer", "bob")
                 return
             time.sleep(0.1)
 
@@ -437,10 +422,10 @@ def _approve_soon(gw, customer: str, decision: str = "approve"):
     def reviewer():
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            pending = [a["id"] for a in _admin(gw, "approvals", "list")[1] or []
+            pending = [a["id"] for a in gw.admin("approvals", "list")[1] or []
                        if a["state"] == "pending" and f'"{customer}"' in ((a.get("summary") or {}).get("body") or "")]
             if pending:
-                _admin(gw, "approvals", decision, pending[0], "--reviewer", "bob")
+                gw.admin("approvals", decision, pending[0], "--reviewer", "bob")
                 return
             time.sleep(0.1)
 
@@ -459,7 +444,7 @@ def test_stateless_held_call_asks_input_then_runs_once_a_reviewer_approves(held_
     aid = key[len("fastgate-"):]
     assert key.startswith("fastgate-ap_") and ask["method"] == "elicitation/create" and aid in ask["params"]["message"]
     assert len(mcp_up.calls) == before  # nothing reached the server while the call waits
-    assert _admin(held_gw, "approvals", "show", aid)[1]["state"] == "pending"
+    assert held_gw.admin("approvals", "show", aid)[1]["state"] == "pending"
 
     t = _approve_soon(held_gw, "c-21")
     retry = _call(held_gw, "support", {"id": "c-21"}, rid="r-2", requestState=result["requestState"],
@@ -471,7 +456,7 @@ def test_stateless_held_call_asks_input_then_runs_once_a_reviewer_approves(held_
     forwarded = mcp_up.calls[-1]["params"]
     assert forwarded["arguments"] == {"id": "c-21"}
     assert "requestState" not in forwarded and "inputResponses" not in forwarded  # the gate's fields stay here
-    assert _admin(held_gw, "approvals", "show", aid)[1]["state"] == "used"
+    assert held_gw.admin("approvals", "show", aid)[1]["state"] == "used"
 
     again = _call(held_gw, "support", {"id": "c-21"}, rid="r-3", requestState=result["requestState"],
                   inputResponses={key: {"action": "accept", "content": {}}})
@@ -504,7 +489,7 @@ def test_stateless_caller_declining_withdraws_its_call(held_gw, mcp_up):
     assert len(mcp_up.calls) == before
     import time
     time.sleep(0.3)  # the withdrawal is recorded in the background
-    assert _admin(held_gw, "approvals", "show", key[len("fastgate-"):])[1]["state"] == "withdrawn"
+    assert held_gw.admin("approvals", "show", key[len("fastgate-"):])[1]["state"] == "withdrawn"
 
 
 def test_stateless_without_elicitation_holds_with_a_stream(held_gw, mcp_up):
@@ -530,14 +515,14 @@ def test_stateless_upstream_round_trips_continue_under_the_same_approval(held_gw
     wrapped = asked["result"]
     assert wrapped["resultType"] == "input_required" and "confirm" in wrapped["inputRequests"]
     assert wrapped["requestState"].startswith("fastgate1.") and "up-state-1" not in wrapped["requestState"]
-    pending_before = [a for a in _admin(held_gw, "approvals", "list")[1] or [] if a["state"] == "pending"]
+    pending_before = [a for a in held_gw.admin("approvals", "list")[1] or [] if a["state"] == "pending"]
     third = _call(held_gw, "support", {"id": "c-25", "confirm": True}, rid="r-3", requestState=wrapped["requestState"],
                   inputResponses={"confirm": {"action": "accept", "content": {"ok": True}}})
     [done] = [m for m in _messages(third) if "id" in m]
     assert done["result"]["structuredContent"] == {"confirmed": "c-25"}
     forwarded = mcp_up.calls[-1]["params"]
     assert forwarded["requestState"] == "up-state-1" and set(forwarded["inputResponses"]) == {"confirm"}
-    pending_after = [a for a in _admin(held_gw, "approvals", "list")[1] or [] if a["state"] == "pending"]
+    pending_after = [a for a in held_gw.admin("approvals", "list")[1] or [] if a["state"] == "pending"]
     assert len(pending_after) == len(pending_before)  # no second approval was asked for
 
 

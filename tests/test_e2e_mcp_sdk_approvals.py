@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from support.gateway import REPO_ROOT, Gateway, base_config
+from support.gateway import Gateway, base_config
 from support.sdk_server import SdkServer
 
 KEY = "fgk_mcp-approvals-0123456789"
@@ -50,11 +46,6 @@ def gw(server, tmp_path_factory):
     gateway.stop()
 
 
-def admin(gw, *args):
-    proc = subprocess.run([sys.executable, "-m", "fastgate", "admin", "--socket", str(gw.workdir / "var" / "admin.sock"),
-                           "--json", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    return json.loads(proc.stdout or "null")
 
 
 def reviewer(gw, customer: str, decision: str, seen: dict) -> threading.Thread:
@@ -62,9 +53,9 @@ def reviewer(gw, customer: str, decision: str, seen: dict) -> threading.Thread:
     def run():
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            for a in admin(gw, "approvals", "list") or []:
+            for a in gw.admin("approvals", "list")[1] or []:
                 if a["state"] == "pending" and f'"{customer}"' in ((a.get("summary") or {}).get("body") or ""):
-                    seen["decided"] = admin(gw, "approvals", decision, a["id"], "--reviewer", "bob")
+                    seen["decided"] = gw.admin("approvals", decision, a["id"], "--reviewer", "bob")[1]
                     return
             time.sleep(0.1)
 
@@ -112,7 +103,7 @@ def test_reviewer_approval_lets_the_call_run_once(gw, server, mode):
     seen = delete_through_gate(gw, mode, customer, "accept", "approve")
     assert "ap_" in seen["message"] and "waiting for approval" in seen["message"]  # the human learns why
     assert seen["decided"]["state"] == "approved"
-    era = admin(gw, "sessions", "show", seen["decided"]["session"])["mcp"]["era"]
+    era = gw.admin("sessions", "show", seen["decided"]["session"])[1]["mcp"]["era"]
     assert era == ("stateless" if mode == "2026-07-28" else "session")
     assert seen.get("result") == {"deleted": customer}, seen
     assert executed(server, customer) == 1
@@ -134,11 +125,11 @@ def test_caller_declining_withdraws_its_own_call(gw, server, mode):
     seen = delete_through_gate(gw, mode, customer, "decline", None)
     assert seen["error"].startswith("MCPError") and "withdrawn by the caller" in seen["error"], seen
     assert executed(server, customer) == 0
-    ours = [a for a in admin(gw, "approvals", "list") or []
+    ours = [a for a in gw.admin("approvals", "list")[1] or []
             if f'"{customer}"' in ((a.get("summary") or {}).get("body") or "")]
     deadline = time.monotonic() + 5
     while ours and ours[0]["state"] == "pending" and time.monotonic() < deadline:
         time.sleep(0.1)
-        ours = [a for a in admin(gw, "approvals", "list") or []
+        ours = [a for a in gw.admin("approvals", "list")[1] or []
                 if f'"{customer}"' in ((a.get("summary") or {}).get("body") or "")]
     assert [a["state"] for a in ours] == ["withdrawn"]

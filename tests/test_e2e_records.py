@@ -6,26 +6,17 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 
-from support.gateway import REPO_ROOT, Gateway, base_config
+from support.gateway import Gateway, base_config
 
 KEY = "fgk_records-test-key-0123456789"
 CALLER_SECRET = "caller-cookie-canary-77"
 
 
-def admin(gw: Gateway, *args: str) -> tuple[int, object]:
-    proc = subprocess.run([sys.executable, "-m", "fastgate", "admin", "--socket",
-                           str(gw.workdir / "var" / "admin.sock"), "--json", *args],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    out = proc.stdout if proc.returncode == 0 else proc.stderr
-    return proc.returncode, json.loads(out) if out.strip() else None
 
 
 def records_config(upstream_port: int, **extra) -> dict:
@@ -49,7 +40,7 @@ def test_session_is_written_ahead_merged_and_verified(upstream, gateway_factory)
     rid = r.headers["x-request-id"]
     refused = httpx.get(f"{gw.url}/items/A1")  # no credentials: a call.refused record
     time.sleep(0.3)  # call.finished is written after the answer
-    code, session = admin(gw, "sessions", "show", rid)
+    code, session = gw.admin("sessions", "show", rid)
     assert code == 0, session
     assert session["id"] == rid and session["function"] == "pay" and session["decision"] == "allow"
     assert session["caller"] == {"subject": "rec-bot", "groups": ["support"], "auth": "api_key"}
@@ -57,11 +48,11 @@ def test_session_is_written_ahead_merged_and_verified(upstream, gateway_factory)
     assert session["response"]["status"] == 200
     text = json.dumps(session)
     assert "4111 1111 1111 1111" not in text and "a@b.example" not in text
-    code, other = admin(gw, "sessions", "show", refused.headers["x-request-id"])
+    code, other = gw.admin("sessions", "show", refused.headers["x-request-id"])
     assert code == 0 and other["events"][0]["type"] == "call.refused"
-    code, verdict = admin(gw, "sessions", "verify")
+    code, verdict = gw.admin("sessions", "verify")
     assert code == 0 and verdict["ok"] is True and verdict["events"] >= 3
-    code, listed = admin(gw, "sessions", "list", "--function", "pay")
+    code, listed = gw.admin("sessions", "list", "--function", "pay")
     assert code == 0 and [s["id"] for s in listed] == [rid]
 
 
@@ -131,10 +122,10 @@ def test_kill_9_under_load_loses_no_acknowledged_call(upstream, tmp_path):
         assert answered, "no call was answered before the kill"
         gw = Gateway.start(config, tmp_path)
         try:
-            code, verdict = admin(gw, "sessions", "verify")
+            code, verdict = gw.admin("sessions", "verify")
             assert code == 0 and verdict["ok"] is True, verdict
             for rid in answered[-20:] + answered[:5]:
-                code, session = admin(gw, "sessions", "show", rid)
+                code, session = gw.admin("sessions", "show", rid)
                 assert code == 0, (round_, rid, session)
                 assert session["events"][0]["type"] == "call.started"
         finally:

@@ -12,14 +12,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.gateway import GATEWAY_ENV, REPO_ROOT, base_config, free_port
+from support.gateway import GATEWAY_ENV, REPO_ROOT, base_config, free_port, wait_for
 
 API_KEY = "fgk_metrics-test-key-0123456789abcdefghijklmnop"
 BOGUS_TOKEN = "not-a-key-but-a-canary-4f1c9a"
@@ -61,27 +60,6 @@ def calls(samples: dict, function: str, decision: str, status_class: str, error:
                  status_class=status_class, error=error)
 
 
-def access_lines(gw) -> list[dict]:
-    out = []
-    for line in gw.stderr_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("log") == "access":
-            out.append(rec)
-    return out
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def key(**headers) -> dict:
     return {"X-Api-Key": API_KEY, **headers}
 
@@ -110,7 +88,7 @@ def test_metrics_count_exactly_what_was_done(upstream, gateway_factory):
     assert calls(s, "status", "allow", "5xx", "") == 1
     assert calls(s, "", "", "4xx", "unknown_function") == 1
     assert calls(s, "", "", "4xx", "unauthenticated") == 1
-    assert total(s, "fastgate_calls_total") == 10 == len(access_lines(gw))  # one count per access line
+    assert total(s, "fastgate_calls_total") == 10 == len(gw.access_lines())  # one count per access line
 
     gate, up = "fastgate_gateway_duration_seconds", "fastgate_upstream_duration_seconds"
     for function, n in (("get_item", 3), ("create_item", 2), ("dead", 2), ("status", 1), ("", 2)):
@@ -132,7 +110,7 @@ def test_metrics_count_exactly_what_was_done(upstream, gateway_factory):
     assert set(cores) >= {"pathnorm", "policy", "redact"} and set(cores.values()) <= {"compiled", "python"}
 
     # nothing the caller sent is in the exposition: keys, tokens, paths, subjects, request ids
-    request_ids = {rec["request_id"] for rec in access_lines(gw)}
+    request_ids = {rec["request_id"] for rec in gw.access_lines()}
     for canary in (API_KEY, BOGUS_TOKEN, SECRET_PATH, "ci-bot", *request_ids):
         assert canary not in r.text
 
@@ -148,8 +126,8 @@ def test_two_workers_add_up_and_a_dead_worker_keeps_its_counts(upstream, gateway
     n = 60
     for _ in range(n):  # a new connection each time: the kernel spreads them over both workers
         assert httpx.get(f"{gw.url}/items/A1", headers=key()).status_code == 200
-    assert wait_for(lambda: len(access_lines(gw)) == n)
-    assert {rec["worker"] for rec in access_lines(gw)} == {0, 1}
+    assert wait_for(lambda: len(gw.access_lines()) == n)
+    assert {rec["worker"] for rec in gw.access_lines()} == {0, 1}
 
     def counted() -> float:
         return calls(scrape(admin)[1], "get_item", "allow", "2xx", "")

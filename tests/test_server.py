@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import signal
 import socket
@@ -10,35 +9,13 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from support.gateway import REPO_ROOT, base_config, free_port
-
-
-def access_lines(gw) -> list[dict]:
-    out = []
-    for line in gw.stderr_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("log") == "access":
-            out.append(rec)
-    return out
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from support.gateway import REPO_ROOT, base_config, free_port, wait_for
 
 
 def test_workers_share_the_port(upstream, gateway_factory):
@@ -49,8 +26,8 @@ def test_workers_share_the_port(upstream, gateway_factory):
         with httpx.Client() as client:
             r = client.get(f"{gw.url}/items/A1")
         assert r.status_code == 200
-    assert wait_for(lambda: len(access_lines(gw)) >= 60)
-    workers = {rec.get("worker") for rec in access_lines(gw)}
+    assert wait_for(lambda: len(gw.access_lines()) >= 60)
+    workers = {rec.get("worker") for rec in gw.access_lines()}
     assert workers == {0, 1}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,16 @@ UP_TOKEN = "tok-upstream-canary"
 INJECTED_SECRET = "s3cr3t-injected"
 GATEWAY_ENV = {"UP_TOKEN": UP_TOKEN}
 START_TIMEOUT = 15.0
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it is true or `timeout` passes; the last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def free_port() -> int:
@@ -163,6 +174,27 @@ class Gateway:
 
     def logs(self) -> str:
         return self.stdout_text() + self.stderr_text()
+
+    def access_lines(self) -> list[dict]:
+        """The JSON access-log records written so far (one per call)."""
+        out = []
+        for line in self.stderr_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("log") == "access":
+                out.append(rec)
+        return out
+
+    def admin(self, *args: str) -> tuple[int, object]:
+        """`fastgate admin --json ARGS` against this gateway's socket: (exit code, parsed output)."""
+        proc = subprocess.run([sys.executable, "-m", "fastgate", "admin", "--socket",
+                               str(self.workdir / "var" / "admin.sock"), "--json", *args],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        out = proc.stdout if proc.returncode == 0 else proc.stderr
+        return proc.returncode, json.loads(out) if out.strip() else None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
