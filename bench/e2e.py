@@ -1,6 +1,7 @@
 """End-to-end load benchmark: bench upstream direct, nginx, and fastgate under the same load.
 
     python bench/e2e.py [--duration 10] [--connections 32] [--quick] [--json FILE]
+    python bench/e2e.py --upstream-answer mcp-sse ...   # the upstream answers an MCP result as SSE
 
 Layout on a 2-core machine: the server under test runs alone on core 0; the load generator
 shares core 1 with the bench upstream (there is no third core). So req/s can be limited
@@ -170,14 +171,16 @@ def measure(load: Load, port: int, server_pid: int, upstream_pid: int, connectio
 
 # ---------------------------------------------------------------- targets
 
-def probe(port: int, method: str, path: str, body: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    """One request before loading a target, so a 404/502 setup is reported, not benchmarked."""
+def probe(port: int, method: str, path: str, body: str, headers: dict[str, str]) -> tuple[int, str, bytes]:
+    """One request before loading a target, so a 404/502 setup is reported, not benchmarked:
+    (status, content-type and framing, the first 300 bytes of the body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         hdrs = {"Content-Type": "application/json", **headers} if body else dict(headers)
         conn.request(method, path, body=body.encode() if body else None, headers=hdrs)
         resp = conn.getresponse()
-        return resp.status, resp.read()[:300]
+        framing = "chunked" if resp.chunked else f"length {resp.getheader('Content-Length')}"
+        return resp.status, f"{resp.getheader('Content-Type')}, {framing}", resp.read()[:300]
     except (OSError, http.client.HTTPException) as exc:
         raise BenchError(f"probe request to 127.0.0.1:{port}{path} failed: {exc!r}") from exc
     finally:
@@ -190,11 +193,16 @@ def nginx_binary(args: argparse.Namespace) -> str | None:
     return shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
 
 
+def upstream_cmd(args: argparse.Namespace, port: int) -> list[str]:
+    cmd = [sys.executable, str(BENCH_DIR / "upstream.py"), "--port", str(port), "--answer", args.upstream_answer]
+    return cmd + (["--split-writes"] if args.upstream_split_writes else [])
+
+
 def start_target(name: str, args: argparse.Namespace, workdir: str, upstream_port: int) -> procs.Server:
     port = procs.free_port()
     if name == "upstream":
-        cmd = [sys.executable, str(BENCH_DIR / "upstream.py"), "--port", str(port)]
-        return procs.start_server("upstream-alone", cmd, port, core=SERVER_CORE, workdir=workdir)
+        return procs.start_server("upstream-alone", upstream_cmd(args, port), port, core=SERVER_CORE,
+                                  workdir=workdir)
     if name == "nginx":
         ndir = Path(workdir) / "nginx"
         ndir.mkdir(exist_ok=True)
@@ -223,8 +231,9 @@ def bench_target(name: str, args: argparse.Namespace, load: Load, workdir: str,
     """Start (or reuse) the target, check one request, warm up, then measure at N and 1 connection."""
     server = upstream if name == "direct" else start_target(name, args, workdir, upstream.port)
     try:
-        status, snippet = probe(server.port, args.method, args.path, args.body, args.headers)
-        out: dict = {"probe_status": status}
+        status, kind, snippet = probe(server.port, args.method, args.path, args.body, args.headers)
+        out: dict = {"probe_status": status, "probe_content": kind}
+        log(f"[{name}] probe: {status}, {kind}")
         if not 200 <= status < 300:
             log(f"[{name}] WARNING: probe {args.method} {args.path} answered {status}: {snippet!r}")
         log(f"[{name}] warm-up {args.warmup:g}s")
@@ -354,7 +363,8 @@ def table(results: dict) -> str:
 def report(results: dict, derived: dict, args: argparse.Namespace, load_name: str) -> None:
     """The human-readable summary on stdout."""
     print()
-    print(f"{args.method} {args.path}  {args.duration:g}s windows  load generator: {load_name}")
+    print(f"{args.method} {args.path}  {args.duration:g}s windows  load generator: {load_name}  "
+          f"upstream answer: {args.upstream_answer}" + (" (split writes)" if args.upstream_split_writes else ""))
     print(f"server under test on core {SERVER_CORE}; load generator + bench upstream on core {LOAD_CORE}")
     print(table(results))
     print("srv busy: server processes' CPU / wall; core0/core1: whole cores from /proc/stat; other: CPU\n"
@@ -392,6 +402,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--path", default=None, help="default /bench for GET, /items/42 otherwise")
     p.add_argument("--body", default=None, help='request body; default \'{"name":"bench","qty":1}\' for POST')
     p.add_argument("-H", "--header", action="append", default=[], help="extra request header 'Name: value'")
+    p.add_argument("--upstream-answer", choices=("bench", "mcp-json", "mcp-sse"), default="bench",
+                   help="what the bench upstream answers: bench (301-byte JSON, default), mcp-json (an MCP "
+                        "tools/call result, Content-Length), mcp-sse (the same result as one SSE event, chunked)")
+    p.add_argument("--upstream-split-writes", action="store_true",
+                   help="the upstream sends head, each chunk and the last chunk in separate writes")
     p.add_argument("--fastgate-config", default=None,
                    help="YAML template for fastgate; ${PORT} and ${UPSTREAM_PORT} are filled in")
     p.add_argument("--fastgate-workers", type=int, default=1, help="--workers for fastgate run (0: omit)")
@@ -435,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         if not machine["pinned"]:
             log("WARNING: fewer than 2 cores or no affinity support: nothing is pinned")
         up_port = procs.free_port()
-        upstream = procs.start_server("upstream", [sys.executable, str(BENCH_DIR / "upstream.py"), "--port",
-                                                   str(up_port)], up_port, core=LOAD_CORE, workdir=workdir)
+        upstream = procs.start_server("upstream", upstream_cmd(args, up_port), up_port, core=LOAD_CORE,
+                                      workdir=workdir)
         results: dict = {}
         for target in args.targets:
             if target == "nginx" and not nginx_binary(args):
