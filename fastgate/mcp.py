@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from fastgate.jsonargs import ArgsError, parse_args
+from fastgate.sse import BOM, LINE_END, EventRewriter
 
 __all__ = [
     "APPROVAL_DENIED",
@@ -673,89 +674,20 @@ class ToolsListFilter(_Rewriter):
         return orjson.dumps(msg)
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-class _SseFilter:
-    """SSE framing per the WHATWG event-stream grammar; one event held at a time.
-
-    Lines that are not `data` (event, id, retry, comments) stay in place byte for byte; an
-    event whose payload is rewritten gets one `data:` line where its first data line was.
-    """
+class _SseFilter(EventRewriter):
+    """An SSE answer rewritten event by event through the owner's `_payload`."""
 
     def __init__(self, owner: _Rewriter) -> None:
+        super().__init__(owner.max_event)
         self._owner = owner
-        self._buf = b""
-        self._lines: list[tuple[bytes, bytes]] = []
-        self._size = 0
-        self._started = False
 
-    def feed(self, chunk: bytes) -> bytes:
-        buf = self._buf + chunk
-        out: list[bytes] = []
-        if not self._started:
-            if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
-                self._buf = buf
-                return b""
-            self._started = True
-            if buf.startswith(b"\xef\xbb\xbf"):
-                out.append(buf[:3])
-                buf = buf[3:]
-        pos = 0
-        for m in _LINE_END.finditer(buf):
-            if m.group() == b"\r" and m.end() == len(buf):
-                break  # the LF of a CRLF may come with the next chunk
-            out.append(self._line(buf[pos:m.start()], m.group()))
-            pos = m.end()
-        self._buf = buf[pos:]
-        if self._size + len(self._buf) > self._owner.max_event:
-            raise McpError(502, INTERNAL_ERROR, "upstream event-stream event too large")
-        return b"".join(out)
+    def too_large(self) -> Exception:
+        return McpError(502, INTERNAL_ERROR, "upstream event-stream event too large")
 
-    def close(self) -> bytes:
-        out = b""
-        if self._buf:
-            line, self._buf = self._buf, b""
-            end = b""
-            if line.endswith(b"\r"):
-                line, end = line[:-1], b"\r"
-            out = self._line(line, end) if line else self._dispatch(end)
-        if self._lines:
-            out += self._dispatch(None)
-        return out
-
-    def _line(self, line: bytes, end: bytes) -> bytes:
-        if line:
-            self._lines.append((line, end))
-            self._size += len(line) + len(end)
-            if self._size > self._owner.max_event:
-                raise McpError(502, INTERNAL_ERROR, "upstream event-stream event too large")
-            return b""
-        return self._dispatch(end)
-
-    def _dispatch(self, end: bytes | None) -> bytes:
-        lines, self._lines, self._size = self._lines, [], 0
-        verbatim = b"".join(line + eol for line, eol in lines) + (end or b"")
-        data = []
-        for k, (line, _) in enumerate(lines):
-            colon = line.find(b":")
-            if (line if colon < 0 else line[:colon]) != b"data":
-                continue
-            start = len(line) if colon < 0 else colon + 1 + (line[colon + 1:colon + 2] == b" ")
-            data.append((k, start))
-        if not data:
-            return verbatim
-        payload = b"\n".join(lines[k][0][s:] for k, s in data)
+    def rewrite(self, payload: bytes) -> bytes | None:
         if not payload.strip(b" \t\r\n"):
-            return verbatim  # priming events carry an empty data field
-        new = self._owner._payload(payload)
-        if new is None:
-            return verbatim
-        first = data[0][0]
-        skip = {k for k, _ in data}
-        rebuilt = [b"data: " + new + lines[k][1] if k == first else line + eol
-                   for k, (line, eol) in enumerate(lines) if k == first or k not in skip]
-        return b"".join(rebuilt) + (end or b"")
+            return None  # priming events carry an empty data field
+        return self._owner._payload(payload)
 
 
 # ---------------------------------------------------------------------------- 2024-11-05 transport
@@ -788,7 +720,7 @@ class LegacyTransportProbe:
         if m is None and len(self._buf) < self._limit:
             return b""
         first = self._buf[:m.start()] if m is not None else b""
-        for line in _LINE_END.split(first.lstrip(b"\xef\xbb\xbf")):
+        for line in LINE_END.split(first.lstrip(BOM)):
             name, _, value = line.partition(b":")
             if name == b"event" and value.strip(b" ") == b"endpoint":
                 raise McpError(501, INVALID_REQUEST, LEGACY_TRANSPORT)

@@ -61,6 +61,7 @@ import orjson
 
 from fastgate._core import load
 from fastgate._core.redact_py import DEFAULT_MASK, FATAL, MAX_DEPTH, MAX_TOKEN, Plan, RedactionError
+from fastgate.sse import EventRewriter
 
 __all__ = ["DEFAULT_MASK", "MAX_DECODED", "RedactionError", "Redactor", "Stream"]
 
@@ -380,105 +381,25 @@ class _Sniff(_Body):
         return self._inner.close()
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-class _SseBody(_Counting):
+class _SseBody(EventRewriter, _Counting):
     """text/event-stream: each event's data payload redacted as its own document."""
 
     kind = "sse"
 
     def __init__(self, engine: Any):
-        super().__init__()
+        _Counting.__init__(self)
+        EventRewriter.__init__(self, engine.plan.max_token)
         self._engine = engine
-        self._limit = engine.plan.max_token
-        self._buf = b""
-        self._lines: list[tuple[bytes, bytes]] = []  # (line without its end, line end)
-        self._size = 0
-        self._started = False
 
-    def feed(self, data: bytes) -> bytes:
-        buf = self._buf + data
-        out = []
-        if not self._started:
-            if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
-                self._buf = buf
-                return b""
-            self._started = True
-            if buf.startswith(b"\xef\xbb\xbf"):  # a BOM is not part of the first field name
-                out.append(buf[:3])
-                buf = buf[3:]
-        pos = 0
-        for m in _LINE_END.finditer(buf):
-            if m.group() == b"\r" and m.end() == len(buf):
-                break  # an LF may follow in the next chunk
-            out.append(self._line(buf[pos:m.start()], m.group()))
-            pos = m.end()
-        self._buf = buf[pos:]
-        if len(self._buf) + self._size > self._limit:
-            raise RedactionError(f"an event-stream event is larger than {self._limit} bytes", "size")
-        return b"".join(out)
+    def too_large(self) -> Exception:
+        return RedactionError(f"an event-stream event is larger than {self._limit} bytes", "size")
 
-    def _line(self, line: bytes, end: bytes) -> bytes:
-        if line:
-            self._lines.append((line, end))
-            self._size += len(line) + len(end)
-            if self._size > self._limit:
-                raise RedactionError(f"an event-stream event is larger than {self._limit} bytes", "size")
-            return b""
-        return self._dispatch(end)
-
-    def close(self) -> bytes:
-        if not self._started and self._buf:
-            self._started = True
-        out = b""
-        if self._buf:
-            line, self._buf = self._buf, b""
-            end = b""
-            if line.endswith(b"\r"):
-                line, end = line[:-1], b"\r"
-            out = self._line(line, end) if line else self._dispatch(end)
-        if self._lines:
-            out += self._dispatch(None)
-        return out
-
-    def _dispatch(self, end: bytes | None) -> bytes:
-        lines, self._lines, self._size = self._lines, [], 0
-        verbatim = b"".join(line + eol for line, eol in lines) + (end or b"")
-        data: list[tuple[int, int]] = []  # (index of the line, where its value starts)
-        for k, (line, _) in enumerate(lines):
-            colon = line.find(b":")
-            name = line if colon < 0 else line[:colon]
-            if name != b"data":
-                continue
-            start = len(line)
-            if colon >= 0:
-                start = colon + 1
-                if line[start:start + 1] == b" ":
-                    start += 1
-            data.append((k, start))
-        if not data:
-            return verbatim
-        payload = b"\n".join(lines[k][0][start:] for k, start in data)
+    def rewrite(self, payload: bytes) -> bytes | None:
         out, masked, kinds = self._redact(payload)
         if not masked:
-            return verbatim
+            return None
         self._add(masked, kinds)
-        values = out.split(b"\n")
-        rebuilt = []
-        slot = {k: n for n, (k, _) in enumerate(data)}
-        for k, (line, eol) in enumerate(lines):
-            n = slot.get(k)
-            if n is None:
-                rebuilt.append(line + eol)
-            elif n < len(values):
-                start = data[n][1]
-                prefix = line[:start] if b":" in line else b"data:"
-                if n == len(data) - 1 and len(values) > len(data):
-                    rebuilt.extend(prefix + v + eol for v in values[n:])
-                else:
-                    rebuilt.append(prefix + values[n] + eol)
-        return b"".join(rebuilt) + (end or b"")
+        return out
 
     def _redact(self, payload: bytes) -> tuple[bytes, int, dict[str, int]]:
         red = self._engine.json()
