@@ -299,8 +299,6 @@ def test_held_tool_call_asks_through_elicitation_and_a_reviewer_decides(held_gw,
     (through the client) which approval it waits for, absorbs the client's answer, and forwards the
     call only when a reviewer (never the caller) approves."""
     import asyncio
-    import threading
-    import time
 
     import httpx2
     from mcp import Client
@@ -308,28 +306,17 @@ def test_held_tool_call_asks_through_elicitation_and_a_reviewer_decides(held_gw,
     from mcp_types import ElicitResult
 
     seen: dict = {}
+    decided: dict = {}
 
     async def on_elicit(context, params):
         seen["message"] = params.message
         return ElicitResult(action="accept", content={})
 
-    def reviewer():
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            code, items = held_gw.admin("approvals", "list")
-            pending = [a["id"] for a in items or [] if a["state"] == "pending"]
-            if pending:
-                seen["aid"] = pending[0]
-                seen["answer"] = held_gw.admin("approvals", decision, pending[0], "--reviewer", "bob")
-                return
-            time.sleep(0.1)
-
     async def drive() -> dict:
         async with httpx2.AsyncClient(headers={"X-Api-Key": KEYS["support"]}) as http:
             async with Client(streamable_http_client(f"{held_gw.url}/mcp", http_client=http),
                               elicitation_callback=on_elicit) as client:
-                t = threading.Thread(target=reviewer)
-                t.start()
+                t = held_gw.decide_soon('"c-7"', decision, seen=decided)
                 try:
                     result = await client.call_tool("delete_customer", {"id": "c-7"})
                     seen["result"] = result.structured_content
@@ -341,8 +328,8 @@ def test_held_tool_call_asks_through_elicitation_and_a_reviewer_decides(held_gw,
 
     before = len(mcp_up.calls)
     out = asyncio.run(drive())
-    assert out["aid"] in out["message"]  # the caller learns what it waits for
-    assert out["answer"][0] == 0
+    assert decided["id"] in out["message"]  # the caller learns what it waits for
+    assert decided["answer"][0] == 0
     deletes = [c for c in mcp_up.calls[before:] if c.get("params", {}).get("name") == "delete_customer"]
     if decision == "approve":
         assert out["result"]["customer"] == "c-7" and "REDACTED" in out["result"]["email"]
@@ -354,22 +341,9 @@ def test_held_tool_call_asks_through_elicitation_and_a_reviewer_decides(held_gw,
 
 
 def test_held_tool_call_without_elicitation_streams_keepalive_then_result(held_gw, mcp_up):
-    import threading
-    import time
-
-    def reviewer():
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            items = held_gw.admin("approvals", "list")[1] or []
-            pending = [a["id"] for a in items if a["state"] == "pending"]
-            if pending:
-                held_gw.admin("approvals", "approve", pending[0], "--reviewer", "bob")
-                return
-            time.sleep(0.1)
 
     s = Session(held_gw, "support").open()  # no elicitation capability declared
-    t = threading.Thread(target=reviewer)
-    t.start()
+    t = held_gw.decide_soon('"c-5"')
     r = s.rpc("tools/call", {"name": "delete_customer", "arguments": {"id": "c-5"}})
     t.join(20)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -414,26 +388,6 @@ def _call(gw, who: str, args: dict, *, rid: str = "r-1", meta: dict | None = Non
                       timeout=30)
 
 
-def _approve_soon(gw, customer: str, decision: str = "approve"):
-    """A reviewer (bob) deciding the pending approval whose request names `customer`."""
-    import threading
-    import time
-
-    def reviewer():
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            pending = [a["id"] for a in gw.admin("approvals", "list")[1] or []
-                       if a["state"] == "pending" and f'"{customer}"' in ((a.get("summary") or {}).get("body") or "")]
-            if pending:
-                gw.admin("approvals", decision, pending[0], "--reviewer", "bob")
-                return
-            time.sleep(0.1)
-
-    t = threading.Thread(target=reviewer)
-    t.start()
-    return t
-
-
 def test_stateless_held_call_asks_input_then_runs_once_a_reviewer_approves(held_gw, mcp_up):
     before = len(mcp_up.calls)
     first = _call(held_gw, "support", {"id": "c-21"})
@@ -446,7 +400,7 @@ def test_stateless_held_call_asks_input_then_runs_once_a_reviewer_approves(held_
     assert len(mcp_up.calls) == before  # nothing reached the server while the call waits
     assert held_gw.admin("approvals", "show", aid)[1]["state"] == "pending"
 
-    t = _approve_soon(held_gw, "c-21")
+    t = held_gw.decide_soon('"c-21"')
     retry = _call(held_gw, "support", {"id": "c-21"}, rid="r-2", requestState=result["requestState"],
                   inputResponses={key: {"action": "accept", "content": {}}})
     t.join(20)
@@ -493,7 +447,7 @@ def test_stateless_caller_declining_withdraws_its_call(held_gw, mcp_up):
 
 
 def test_stateless_without_elicitation_holds_with_a_stream(held_gw, mcp_up):
-    t = _approve_soon(held_gw, "c-24")
+    t = held_gw.decide_soon('"c-24"')
     r = _call(held_gw, "support", {"id": "c-24"}, meta={})
     t.join(20)
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -507,7 +461,7 @@ def test_stateless_upstream_round_trips_continue_under_the_same_approval(held_gw
     sealed one, so the retry runs without a second approval and the server gets its state back."""
     first = _call(held_gw, "support", {"id": "c-25", "confirm": True}).json()["result"]
     [key] = first["inputRequests"]
-    t = _approve_soon(held_gw, "c-25")
+    t = held_gw.decide_soon('"c-25"')
     second = _call(held_gw, "support", {"id": "c-25", "confirm": True}, requestState=first["requestState"],
                    inputResponses={key: {"action": "accept", "content": {}}})
     t.join(20)

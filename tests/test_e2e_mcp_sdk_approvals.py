@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 import time
 
 import pytest
@@ -48,22 +47,6 @@ def gw(server, tmp_path_factory):
 
 
 
-def reviewer(gw, customer: str, decision: str, seen: dict) -> threading.Thread:
-    """Bob decides the pending approval whose request names `customer`, once it exists."""
-    def run():
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            for a in gw.admin("approvals", "list")[1] or []:
-                if a["state"] == "pending" and f'"{customer}"' in ((a.get("summary") or {}).get("body") or ""):
-                    seen["decided"] = gw.admin("approvals", decision, a["id"], "--reviewer", "bob")[1]
-                    return
-            time.sleep(0.1)
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t
-
-
 def delete_through_gate(gw, mode: str, customer: str, answer: str, decision: str | None) -> dict:
     import httpx2
     from mcp import Client
@@ -71,6 +54,7 @@ def delete_through_gate(gw, mode: str, customer: str, answer: str, decision: str
     from mcp_types import ElicitResult
 
     seen: dict = {}
+    decided: dict = {}
 
     async def on_elicit(context, params):
         seen["message"] = params.message
@@ -80,7 +64,7 @@ def delete_through_gate(gw, mode: str, customer: str, answer: str, decision: str
         async with httpx2.AsyncClient(headers={"X-Api-Key": KEY}, timeout=30) as http:
             async with Client(streamable_http_client(f"{gw.url}/mcp", http_client=http), mode=mode,
                               elicitation_callback=on_elicit) as client:
-                t = reviewer(gw, customer, decision, seen) if decision else None
+                t = gw.decide_soon(f'"{customer}"', decision, seen=decided) if decision else None
                 try:
                     seen["result"] = (await client.call_tool("delete_customer", {"id": customer})).structured_content
                 except Exception as exc:  # the SDK raises MCPError for a JSON-RPC error answer
@@ -90,6 +74,8 @@ def delete_through_gate(gw, mode: str, customer: str, answer: str, decision: str
                 seen["after"] = (await client.call_tool("lookup_customer", {"id": "c-after"})).structured_content
 
     asyncio.run(drive())
+    if "answer" in decided:
+        seen["decided"] = decided["answer"][1]
     return seen
 
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -186,6 +187,27 @@ class Gateway:
             if rec.get("log") == "access":
                 out.append(rec)
         return out
+
+    def decide_soon(self, needle: str, decision: str = "approve", reviewer: str = "bob",
+                    seen: dict | None = None) -> threading.Thread:
+        """A reviewer deciding, from a thread, the first pending approval whose request body
+        contains `needle` (e.g. '"c-7"'), once it exists; `seen` gets its `id` and the admin
+        reply as `answer` (exit code, parsed output). Join the thread before asserting."""
+        seen = {} if seen is None else seen
+
+        def run() -> None:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                for a in self.admin("approvals", "list")[1] or []:
+                    if a["state"] == "pending" and needle in ((a.get("summary") or {}).get("body") or ""):
+                        seen["id"] = a["id"]
+                        seen["answer"] = self.admin("approvals", decision, a["id"], "--reviewer", reviewer)
+                        return
+                time.sleep(0.1)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
 
     def admin(self, *args: str) -> tuple[int, object]:
         """`fastgate admin --json ARGS` against this gateway's socket: (exit code, parsed output)."""
