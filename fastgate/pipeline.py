@@ -923,11 +923,12 @@ class Call:
             drop = drop | _ENCODING_DROP  # the answer is masked or rewritten: ask for it uncompressed
         if self.request_decoded:
             drop = drop | {b"content-encoding"}
+        session = self.mcp_session
         for name, value in head.headers:
             if name in drop or name in tokens or name.startswith(_IDENTITY_PREFIX):
                 continue
-            if name == b"mcp-session-id" and self.mcp_session is not None:
-                value = self.mcp_session[0].encode()  # the upstream's own id, unsealed
+            if session is not None and name == b"mcp-session-id":
+                value = session[0].encode()  # the upstream's own id, unsealed
             parts.append(b"%s: %s\r\n" % (name, value))
         parts.append(route.static)
         parts.append(b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-request-id: %s\r\n" % (
